@@ -1,0 +1,1 @@
+"""Small shared helpers: user-facing errors, atomic writes, seeding, logging."""
