@@ -5,7 +5,8 @@ This module depends on the standard library only: ``profile_latency.py`` embeds 
 from __future__ import annotations
 
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class FaceNASError(Exception):

@@ -1,0 +1,367 @@
+"""Published FaceNAS backbones and the RetinaFace MobileNetV1-0.25 baseline in timm's model registry.
+
+``import models`` registers every entrypoint below, so ``timm.create_model('facenas_r12_v3_hs', features_only=True)``
+works. The architectures are data: the tables of the thesis live in ``models/archs/*.json``; the variants the thesis
+derives from them (V2/V3 pre-stage, _HS activations, SE kinds; sections 4.1-4.3) are built by the small recipes
+below. ``facenas_arch`` builds any architecture file: ``timm.create_model('facenas_arch', arch='arch.json')``.
+
+Local weights: ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='ckpt.pth'))`` loads a
+FaceNAS backbone or detector checkpoint; keys and shapes are checked against the architecture (``weights/README.md``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from models.arch import Arch
+from models.backbone import FaceNASBackbone
+from models.naming import parse_block
+from utils.errors import FaceNASError
+
+__all__ = ["ALIASES", "ZOO", "published_arch", "resolve_model_name"]
+
+ARCH_DIR = Path(__file__).parent / "archs"
+# RetinaFace feeds OpenCV BGR images minus (104, 117, 123) without scaling; in timm's terms (x/255 - mean) / std.
+RETINAFACE_MEAN = (104 / 255, 117 / 255, 123 / 255)
+RETINAFACE_STD = (1 / 255, 1 / 255, 1 / 255)
+
+
+# ------------------------------------------------------------------------------------------ variant recipes
+def _with_pre_stage(arch: Arch, block: str) -> Arch:
+    """V2 / V3: the pre-stage block replaced by KK_Mid / DK (thesis 4.2, R5_V2 and R5_V3)."""
+    spec = parse_block(block)
+    arch.pre_stage = [replace(spec, act=arch.pre_stage[0].act)]
+    return arch
+
+
+def _with_act(arch: Arch, act: str, stages: tuple[int, ...] = (2, 3), last_conv: bool = True) -> Arch:
+    """_HS: HardSwish in stages 3-4 (0-based 2, 3) and the last conv (Tables 42, 44, 45, 51, 53)."""
+    for s in stages:
+        arch.stages[s] = [replace(spec, act=act) for spec in arch.stages[s]]
+    if last_conv and arch.last_conv is not None:
+        arch.last_conv = replace(arch.last_conv, act=act)
+    return arch
+
+
+def _all_act(arch: Arch, act: str) -> Arch:
+    return _with_act(arch, act, stages=tuple(range(len(arch.stages))))
+
+
+def _with_se(arch: Arch, kind: str | None) -> Arch:
+    """TT3 / TT3_SE / TT3_NoSE: the same blocks with eSE, SE or no squeeze-excitation (Table 32)."""
+
+    def swap(spec):
+        return replace(spec, se=kind) if spec.se else spec
+
+    arch.pre_stage = [swap(s) for s in arch.pre_stage]
+    arch.stages = [[swap(s) for s in blocks] for blocks in arch.stages]
+    return arch
+
+
+# name -> (base file, recipe, source note, fixed input side used in the thesis' latency tables)
+_Recipe = Callable[[Arch], Arch]
+ZOO: dict[str, tuple[str, list[_Recipe], str]] = {
+    "TT3": ("tt3", [], "Table 30"),
+    "TT3_SE": ("tt3", [lambda a: _with_se(a, "se")], "Table 32: TT3 with SE"),
+    "TT3_NoSE": ("tt3", [lambda a: _with_se(a, None)], "Table 34"),
+    "R5": ("r5", [], "Table 38"),
+    "R5_V2": ("r5", [lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16")], "Table 39"),
+    "R5_V3": ("r5", [lambda a: _with_pre_stage(a, "3x3_DKConv_16")], "Table 39"),
+    "R5_V2_HS": ("r5", [lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16"), lambda a: _with_act(a, "HS")], "Table 42"),
+    "R5_V3_HS": ("r5", [lambda a: _with_pre_stage(a, "3x3_DKConv_16"), lambda a: _with_act(a, "HS")], "Table 42"),
+    "R11_V2": ("r11_v2_hs", [lambda a: _all_act(a, "LR")], "Table 41 (Table 44 without HardSwish)"),
+    "R11_V3": ("r11_v2_hs", [lambda a: _all_act(a, "LR"), lambda a: _with_pre_stage(a, "3x3_DKConv_16")],
+               "Table 41 (Table 44, DK pre-stage, LeakyReLU)"),
+    "R11_V2_HS": ("r11_v2_hs", [], "Table 44"),
+    "R11_V3_HS": ("r11_v2_hs", [lambda a: _with_pre_stage(a, "3x3_DKConv_16")], "Table 42 (Table 44, DK pre-stage)"),
+    "R12_V2": ("r12_v3_hs", [lambda a: _all_act(a, "LR"), lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16")],
+               "Table 41 (Table 45, KK_Mid pre-stage, LeakyReLU)"),
+    "R12_V3": ("r12_v3_hs", [lambda a: _all_act(a, "LR")], "Table 41 (Table 45 without HardSwish)"),
+    "R12_V2_HS": ("r12_v3_hs", [lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16")], "Table 42 (Table 45, KK_Mid)"),
+    "R12_V3_HS": ("r12_v3_hs", [], "Table 45"),
+    "J1": ("j1", [], "Table 49"),
+    "J1_HS": ("j1", [lambda a: _with_act(a, "HS")], "Table 51"),
+    "J15": ("j15", [], "Table 50"),
+    "J15_HS": ("j15", [lambda a: _with_act(a, "HS")], "Table 53"),
+    "mobilenetv1_0.25": ("mobilenetv1_025", [], "RetinaFace mobile0.25"),
+}
+
+#: Thesis and community spellings -> registry names. Lookup is case-insensitive (see :func:`resolve_model_name`).
+ALIASES = {name.lower(): "facenas_" + name.lower().replace(".", "") for name in ZOO if name != "mobilenetv1_0.25"}
+ALIASES.update({
+    "tt3_ese": "facenas_tt3", "tt3_ese(base)": "facenas_tt3",
+    "mobilenetv1_0.25": "facenas_mobilenetv1_025", "mobile0.25": "facenas_mobilenetv1_025",
+    "mobilenet0.25": "facenas_mobilenetv1_025", "mnet0.25": "facenas_mobilenetv1_025",
+    "resnet50": "resnet50", "resnet-50": "resnet50", "r50": "resnet50",
+})
+
+
+@cache
+def _base_arch(file_stem: str) -> str:
+    return (ARCH_DIR / f"{file_stem}.json").read_text(encoding="utf-8")
+
+
+def published_arch(name: str) -> Arch:
+    """The :class:`Arch` of a published network by its thesis name (``R12_V3_HS``) or registry name."""
+    key = {n.lower(): n for n in ZOO}.get(name.lower().removeprefix("facenas_").replace("mobilenetv1_025",
+                                                                                     "mobilenetv1_0.25"))
+    if key is None:
+        raise FaceNASError(f"unknown published architecture {name!r}; known: {', '.join(ZOO)}")
+    stem, recipe, source = ZOO[key]
+    arch = Arch.from_dict(json.loads(_base_arch(stem)), f"models/archs/{stem}.json")
+    for step in recipe:
+        arch = step(arch)
+    arch.name = key
+    arch.meta = {**copy.deepcopy(arch.meta), "source": f"thesis {source}" if source.startswith("Table") else source}
+    return arch.validate()
+
+
+def resolve_model_name(name: str) -> str:
+    """Map a thesis spelling (``TT3_NoSE``, ``mobile0.25``, ``ResNet50``) to its timm registry name.
+
+    Registry names and unknown names pass through unchanged (timm reports unknown ones).
+    """
+    return ALIASES.get(name.lower(), name)
+
+
+# --------------------------------------------------------------------------------------------------- cfgs
+def _cfg(description: str, **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 0,
+        "input_size": (3, 640, 640),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": RETINAFACE_MEAN,
+        "std": RETINAFACE_STD,
+        "first_conv": "stem.0.body.0.conv",
+        "classifier": "head",
+        "license": "apache-2.0",
+        "description": description,
+        "paper_name": "FaceNAS: latency-constrained NAS for RetinaFace backbones (thesis, 2023)",
+        "notes": ("input is OpenCV BGR minus (104, 117, 123), as RetinaFace; mean/std are listed in BGR order",
+                  "trained and searched at 640x640 (thesis 3.7)"),
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "facenas_tt3": _cfg("TT3 with eSE, DGX-1 V100 target 5.5 ms [8,640,640] (Table 30)"),
+    "facenas_tt3_se": _cfg("TT3 with SE (Table 32)"),
+    "facenas_tt3_nose": _cfg("TT3_NoSE, final DGX-1 network (Table 34)"),
+    "facenas_r5": _cfg("R5, Raspberry Pi 4 (Table 38)"),
+    "facenas_r5_v2": _cfg("R5_V2: R5 with a KK_Mid pre-stage (Table 39)"),
+    "facenas_r5_v3": _cfg("R5_V3: R5 with a DK pre-stage (Table 39)"),
+    "facenas_r5_v2_hs": _cfg("R5_V2_HS (Table 42)"),
+    "facenas_r5_v3_hs": _cfg("R5_V3_HS (Table 42)"),
+    "facenas_r11_v2": _cfg("R11_V2 (Table 41)"),
+    "facenas_r11_v3": _cfg("R11_V3 (Table 41)"),
+    "facenas_r11_v2_hs": _cfg("R11_V2_HS, final Raspberry Pi 4 network, 235 ms [1,320,320] (Table 44)"),
+    "facenas_r11_v3_hs": _cfg("R11_V3_HS (Table 42)"),
+    "facenas_r12_v2": _cfg("R12_V2 (Table 41)"),
+    "facenas_r12_v3": _cfg("R12_V3 (Table 41)"),
+    "facenas_r12_v2_hs": _cfg("R12_V2_HS (Table 42)"),
+    "facenas_r12_v3_hs": _cfg("R12_V3_HS, fast Raspberry Pi 4 network, 125 ms [1,320,320] (Table 45)"),
+    "facenas_j1": _cfg("J1, Jetson Nano (Table 49)"),
+    "facenas_j1_hs": _cfg("J1_HS (Table 51)"),
+    "facenas_j15": _cfg("J15, Jetson Nano (Table 50)"),
+    "facenas_j15_hs": _cfg("J15_HS, final Jetson Nano network, 37.5 ms [1,640,640] (Table 53)"),
+    "facenas_mobilenetv1_025": _cfg("RetinaFace MobileNetV1-0.25 backbone ('mobile0.25') as a FaceNAS arch",
+                                    license="mit"),
+    "facenas_arch": _cfg("any FaceNAS architecture file: create_model('facenas_arch', arch='arch.json')"),
+})
+
+
+# ------------------------------------------------------------------------------------------------ builder
+def _checkpoint_filter(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Accept backbone or detector checkpoints (``backbone.`` prefix) and check them against the architecture."""
+    if any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    own = model.state_dict()
+    # detector checkpoints hold timm's features_only names (stem_0.*, stages_1.*): map them back (stem.0.*, ...)
+    state_dict = {k if k in own else k.replace("_", ".", 1): v for k, v in state_dict.items()
+                  if not k.startswith("head.")}
+    check_state_dict(model, state_dict)
+    return state_dict
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`FaceNASError` when ``state_dict`` does not fit ``model`` (missing, unexpected, wrong shapes)."""
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        name = getattr(getattr(model, "arch", None), "name", type(model).__name__)
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+            if items:
+                parts.append(f"{len(items)} {label} (e.g. {items[0]})")
+        raise FaceNASError(f"{source} does not match architecture {name}: {'; '.join(parts)}; "
+                           "load it with the architecture it was trained with")
+
+
+def _create(variant: str, arch: Arch, pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    out_indices = kwargs.pop("out_indices", arch.fpn_indices())
+    return build_model_with_cfg(
+        FaceNASBackbone,
+        variant,
+        pretrained,
+        arch=arch,
+        pretrained_filter_fn=_checkpoint_filter,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _zoo(variant: str, name: str, pretrained: bool, **kwargs: Any) -> FaceNASBackbone:
+    return _create(variant, published_arch(name), pretrained, **kwargs)
+
+
+@register_model
+def facenas_tt3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """TT3 (eSE in the pre-stage and stages 1-3), DGX-1 search, Table 30."""
+    return _zoo("facenas_tt3", "TT3", pretrained, **kwargs)
+
+
+@register_model
+def facenas_tt3_se(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """TT3 with SE instead of eSE, Table 32."""
+    return _zoo("facenas_tt3_se", "TT3_SE", pretrained, **kwargs)
+
+
+@register_model
+def facenas_tt3_nose(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """TT3_NoSE, the final DGX-1 backbone, Table 34."""
+    return _zoo("facenas_tt3_nose", "TT3_NoSE", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r5(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R5 (MBV1 pre-stage), Raspberry Pi 4, Table 38."""
+    return _zoo("facenas_r5", "R5", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r5_v2(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R5_V2 (KK_Mid pre-stage), Table 39."""
+    return _zoo("facenas_r5_v2", "R5_V2", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r5_v3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R5_V3 (DK pre-stage), Table 39."""
+    return _zoo("facenas_r5_v3", "R5_V3", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r5_v2_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R5_V2 with HardSwish in stages 3-4, Table 42."""
+    return _zoo("facenas_r5_v2_hs", "R5_V2_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r5_v3_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R5_V3 with HardSwish in stages 3-4, Table 42."""
+    return _zoo("facenas_r5_v3_hs", "R5_V3_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r11_v2(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R11_V2 (all DK, KK_Mid pre-stage, LeakyReLU), Table 41."""
+    return _zoo("facenas_r11_v2", "R11_V2", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r11_v3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R11_V3 (all DK, DK pre-stage, LeakyReLU), Table 41."""
+    return _zoo("facenas_r11_v3", "R11_V3", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r11_v2_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R11_V2_HS, the final Raspberry Pi 4 backbone, Table 44."""
+    return _zoo("facenas_r11_v2_hs", "R11_V2_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r11_v3_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R11_V3_HS, Table 42."""
+    return _zoo("facenas_r11_v3_hs", "R11_V3_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r12_v2(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R12_V2 (KK family, KK_Mid pre-stage, LeakyReLU), Table 41."""
+    return _zoo("facenas_r12_v2", "R12_V2", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r12_v3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R12_V3 (KK family, DK pre-stage, LeakyReLU), Table 41."""
+    return _zoo("facenas_r12_v3", "R12_V3", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r12_v2_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R12_V2_HS, Table 42."""
+    return _zoo("facenas_r12_v2_hs", "R12_V2_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_r12_v3_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """R12_V3_HS, the fast Raspberry Pi 4 backbone, Table 45."""
+    return _zoo("facenas_r12_v3_hs", "R12_V3_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_j1(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """J1, Jetson Nano, Table 49."""
+    return _zoo("facenas_j1", "J1", pretrained, **kwargs)
+
+
+@register_model
+def facenas_j1_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """J1 with HardSwish in stages 3-4, Table 51."""
+    return _zoo("facenas_j1_hs", "J1_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_j15(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """J15 (LeakyReLU), Jetson Nano, Table 50."""
+    return _zoo("facenas_j15", "J15", pretrained, **kwargs)
+
+
+@register_model
+def facenas_j15_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """J15_HS, the final Jetson Nano backbone, Table 53."""
+    return _zoo("facenas_j15_hs", "J15_HS", pretrained, **kwargs)
+
+
+@register_model
+def facenas_mobilenetv1_025(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+    """RetinaFace's MobileNetV1-0.25 backbone ('mobile0.25'), expressed in the FaceNAS schema."""
+    return _zoo("facenas_mobilenetv1_025", "mobilenetv1_0.25", pretrained, **kwargs)
+
+
+@register_model
+def facenas_arch(pretrained: bool = False, arch: str | Path | dict | Arch | None = None,
+                 **kwargs: Any) -> FaceNASBackbone:
+    """Any FaceNAS architecture: ``arch`` is a JSON file path (e.g. a search's ``arch.json``), a dict or an Arch."""
+    if arch is None:
+        raise FaceNASError("facenas_arch needs arch=PATH (an architecture JSON file such as OUT/arch.json)")
+    if isinstance(arch, (str, Path)):
+        arch = Arch.load(arch)
+    elif isinstance(arch, dict):
+        arch = Arch.from_dict(arch)
+    return _create("facenas_arch", arch, pretrained, **kwargs)
