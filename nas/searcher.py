@@ -1,0 +1,386 @@
+"""The search loop (thesis 3.3-3.7): warm-up, then weight steps alternating with architecture steps.
+
+* Warm-up epochs train the weights only, on uniformly random paths.
+* Search epochs: every weight step (SGD, train split, augmentation) samples one path from p; after every
+  ``arch_every`` weight steps one architecture step (Adam with betas (0, 0.999), a held-out split with validation
+  transforms, BatchNorm in train mode) samples two paths (or one), computes ``L = L_train + L_lat`` and turns the
+  binary-gate gradients into alpha gradients (:mod:`nas.mixed_edge`).
+* A checkpoint is written atomically after every epoch (``last.pth``, plus ``warmup.pth`` at the end of warm-up);
+  ``resume`` continues from either with the saved RNG streams, so a resumed search equals an uninterrupted one.
+* Under ``torchrun`` the sampled paths are broadcast from rank 0, weight gradients are averaged by DDP and the
+  gate gradients by an explicit all-reduce (DDP ignores the alphas).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.checkpoint import rng_state, set_rng_state
+from engine.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object
+from engine.loaders import make_loader, resolve_data_root, set_epoch, split_holdout
+from engine.trainer import compute_loss, train_step
+from models.loss import MultiBoxLoss
+from models.retinaface import RetinaFace
+from nas.latency_loss import EdgeCosts, expected_latency, latency_loss
+from nas.spaces import SearchSpace
+from nas.supernet import SuperNet
+from utils.atomic import atomic_write, atomic_write_json
+from utils.errors import FaceNASError
+
+CHECKPOINT_FORMAT = "facenas-search/1"
+# settings a resumed search may change (the thesis resumes from warm-up to try other targets or lambdas)
+RESUMABLE_CHANGES = {"target", "lam", "p1", "loss_form", "arch_lr", "search_epochs", "two_path", "arch_every",
+                     "out_dir", "workers", "progress", "resume", "device", "amp"}
+
+
+@dataclass
+class SearchSettings:
+    """Everything a search run depends on (printed at start, stored in checkpoints and in ``arch.json``)."""
+
+    target: float
+    lam: float = 7.0
+    p1: float = 0.5
+    loss_form: str = "abs"
+    two_path: bool = True
+    warmup_epochs: int = 40
+    search_epochs: int = 120
+    arch_every: int = 5
+    batch_size: int = 32
+    img_size: int = 640
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    arch_lr: float = 1e-3
+    alpha_init_std: float = 1e-3
+    holdout_fraction: float = 0.2
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+    workers: int = 0
+    amp: bool = False
+    device: str = "cpu"
+    data_root: str | None = None
+    out_dir: str = "search_out"
+    progress: bool = True
+    fpn_channels: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Searcher:
+    """Runs a search for one space, one cost table and one target.
+
+    Args:
+        space: the search space.
+        costs: per-candidate costs of the space at the table's resolution (:func:`nas.latency_loss.edge_costs`).
+        settings: the run's settings.
+        dist: this process's place in the job.
+        log: logger (console + the run's log file on rank 0).
+        table_meta: metadata of the cost table (stored with the result).
+    """
+
+    def __init__(self, space: SearchSpace, costs: EdgeCosts, settings: SearchSettings, dist: DistInfo,
+                 log: logging.Logger, table_meta: dict[str, Any] | None = None):
+        self.space, self.costs, self.s, self.dist, self.log = space, costs, settings, dist, log
+        self.table_meta = table_meta or {}
+        self.out = Path(settings.out_dir)
+        torch.manual_seed(settings.seed)
+        self.net = SuperNet(space, settings.alpha_init_std)
+        self.detector = RetinaFace(self.net, self.net.channels, settings.fpn_channels).to(dist.device)
+        self.model: nn.Module = self.detector
+        if dist.distributed:
+            ignored = [f"backbone.{name}" for name in self.net.arch_parameter_names()]
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.detector, ignored)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.detector, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.criterion = MultiBoxLoss()
+        arch_ids = {id(p) for p in self.net.arch_parameters()}
+        weights = [p for p in self.detector.parameters() if id(p) not in arch_ids]
+        self.weight_opt = torch.optim.SGD(weights, lr=settings.lr, momentum=settings.momentum,
+                                          weight_decay=settings.weight_decay)
+        self.arch_opt = torch.optim.Adam(self.net.arch_parameters(), lr=settings.arch_lr, betas=(0.0, 0.999),
+                                         eps=1e-8, weight_decay=0.0)
+        amp = settings.amp and dist.device.type == "cuda"
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.epoch = 0  # next epoch to run
+        self.history: list[dict[str, Any]] = []
+
+    # -------------------------------------------------------------------------------------------------- data
+    def _loaders(self) -> tuple[Any, Any]:
+        from data.augment import TrainTransform, ValTransform
+        from data.widerface import WiderFaceDetection
+
+        root = resolve_data_root(self.s.data_root, self.log if self.dist.is_main else None,
+                                 verbose=self.dist.is_main)
+        train_set = WiderFaceDetection(root, "train", TrainTransform(self.s.img_size), seed=self.s.seed)
+        held_set = WiderFaceDetection(root, "train", ValTransform(self.s.img_size, mirror=True), seed=self.s.seed + 1)
+        train_idx, held_idx = split_holdout(len(train_set), self.s.holdout_fraction, self.s.seed)
+        train = make_loader(train_set, self.s.batch_size, self.dist, seed=self.s.seed, workers=self.s.workers,
+                            subset=train_idx)
+        held = make_loader(held_set, self.s.batch_size, self.dist, seed=self.s.seed + 1, workers=self.s.workers,
+                           subset=held_idx)
+        return train, held
+
+    # ------------------------------------------------------------------------------------------------- paths
+    def _sample(self, kind: str) -> list[tuple[int, tuple[int, ...]]]:
+        """Sample on rank 0 (from the checkpointed generator) and broadcast, so every rank runs the same path."""
+        paths = self.net.sample_paths(kind, self.generator, self.s.two_path) if self.dist.is_main else None
+        if self.dist.distributed:
+            paths = broadcast_object(paths, self.dist)
+        return paths  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------------- steps
+    def weight_step(self, batch: Any, warmup: bool) -> dict[str, float]:
+        self.net.set_paths(self._sample("uniform" if warmup else "weights"), "weights")
+
+        def clear() -> None:
+            # DDP hands unused parameters zero gradients: drop them so weight decay and momentum skip them
+            for edge in self.net.edges:
+                edge.clear_unsampled_grads()
+            for p in self.net.arch_parameters():
+                p.grad = None
+
+        out = train_step(self.model, batch, self.criterion, self.weight_opt, self.scaler, device=self.dist.device,
+                         amp=self.amp, dist_info=self.dist, epoch=self.epoch, before_step=clear)
+        return out.losses
+
+    def arch_step(self, batch: Any) -> dict[str, float]:
+        self.net.set_paths(self._sample("arch"), "arch")
+        images, targets = (t.to(self.dist.device) for t in batch)
+        losses = compute_loss(self.detector, images, targets, self.criterion, amp=self.amp)
+        expected = expected_latency(self.net, self.costs, self.s.p1)
+        lat_loss = latency_loss(expected, self.s.target, self.s.lam, self.s.loss_form)
+        total = losses["total"] + lat_loss
+        alphas = self.net.arch_parameters()
+        gates = [edge.gates for edge in self.net.edges]
+        scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        grads = torch.autograd.grad(total * scale, gates + alphas, allow_unused=True)
+        gate_grads = [torch.zeros(len(e.ops), device=self.dist.device) if g is None else g / scale
+                      for g, e in zip(grads[: len(gates)], self.net.edges)]
+        if self.dist.distributed:
+            packed = all_reduce_mean(torch.cat(gate_grads), self.dist)
+            gate_grads = list(packed.split([len(e.ops) for e in self.net.edges]))
+        if not all(torch.isfinite(g).all() for g in gate_grads):
+            return {"arch_skipped": 1.0}  # an AMP overflow: skip this architecture step
+        self.arch_opt.zero_grad(set_to_none=True)
+        for edge, alpha_grad, gate_grad in zip(self.net.edges, grads[len(gates):], gate_grads):
+            # the latency term's exact gradient, then the ProxylessNAS rule for the detection loss on top
+            edge.alpha.grad = torch.zeros_like(edge.alpha) if alpha_grad is None else alpha_grad.detach() / scale
+            edge.accumulate_alpha_grad(gate_grad)
+        self.arch_opt.step()
+        for edge in self.net.edges:
+            edge.rescale_pair()
+        return {"arch_train": float(losses["total"].detach()), "lat_loss": float(lat_loss.detach()),
+                "expected": float(expected.detach())}
+
+    # ------------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        """Run the remaining epochs and write ``arch.json``; returns the result summary."""
+        train_loader, held_loader = self._loaders()
+        total_epochs = self.s.warmup_epochs + self.s.search_epochs
+        self.detector.train()
+        while self.epoch < total_epochs:
+            epoch, warmup = self.epoch, self.epoch < self.s.warmup_epochs
+            set_epoch(train_loader, epoch)
+            set_epoch(held_loader, epoch)
+            held_iter = iter(held_loader)
+            sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            steps = len(train_loader) if self.s.max_steps_per_epoch is None else min(len(train_loader),
+                                                                                     self.s.max_steps_per_epoch)
+            bar = self._bar(steps, epoch, total_epochs, warmup)
+            start = time.time()
+            for step, batch in enumerate(train_loader):
+                if step >= steps:
+                    break
+                record = self.weight_step(batch, warmup)
+                if not warmup and (step + 1) % self.s.arch_every == 0:
+                    try:
+                        held_batch = next(held_iter)
+                    except StopIteration:
+                        held_iter = iter(held_loader)
+                        held_batch = next(held_iter)
+                    record.update(self.arch_step(held_batch))
+                for k, v in record.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(self._postfix(sums, counts, warmup))
+            if bar is not None:
+                bar.close()
+            summary = {k: sums[k] / counts[k] for k in sums}
+            summary.update(self._status(), epoch=epoch, phase="warmup" if warmup else "search",
+                           seconds=round(time.time() - start, 2))
+            self.history.append(summary)
+            self.epoch += 1
+            self._log_epoch(summary)
+            self.save_checkpoint("warmup.pth" if warmup and self.epoch == self.s.warmup_epochs else None)
+        return self.finish()
+
+    def _status(self) -> dict[str, Any]:
+        """Expected latency under the full softmax, the argmax network's cost and its compact description."""
+        with torch.no_grad():
+            full = float(expected_latency(self.net, self.costs, self.s.p1, use_paths=False))
+        choices = [e.argmax() for e in self.net.edges]
+        probs = [[round(float(p), 4) for p in e.probs.detach().cpu()] for e in self.net.edges]
+        return {"expected_full": full, "argmax_cost": self.costs.of_paths(choices),
+                "argmax": self.net.describe_argmax(), "probs": probs}
+
+    def _bar(self, steps: int, epoch: int, total: int, warmup: bool):
+        if not (self.s.progress and self.dist.is_main):
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        phase = "warm-up" if warmup else "search"
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{total} {phase}", leave=False, dynamic_ncols=True)
+
+    def _postfix(self, sums: dict[str, float], counts: dict[str, int], warmup: bool) -> str:
+        mean = {k: sums[k] / counts[k] for k in sums}
+        text = f"loss {mean.get('total', float('nan')):.3f}"
+        if not warmup and "expected" in mean:
+            unit = self.costs.unit
+            text += (f" L_lat {mean['lat_loss']:.3f} E {mean['expected']:.2f}{unit} argmax "
+                     f"{self.costs.of_paths([e.argmax() for e in self.net.edges]):.2f}{unit} "
+                     f"[{self.net.describe_argmax()}]")
+        return text
+
+    def _log_epoch(self, summary: dict[str, Any]) -> None:
+        unit = self.costs.unit
+        text = (f"epoch {summary['epoch'] + 1} ({summary['phase']}, {summary['seconds']:.0f} s): "
+                f"loss {summary.get('total', float('nan')):.4f}")
+        if "expected" in summary:
+            text += f", L_lat {summary['lat_loss']:.4f}, E(step) {summary['expected']:.3f} {unit}"
+        text += (f", E(full) {summary['expected_full']:.3f} {unit}, argmax {summary['argmax_cost']:.3f} {unit} "
+                 f"(target {self.s.target:g}) [{summary['argmax']}]")
+        self.log.info(text)
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "space": self.space.to_dict(),
+            "settings": asdict(self.s),
+            "epoch": self.epoch,
+            "detector": self.detector.state_dict(),
+            "weight_opt": self.weight_opt.state_dict(),
+            "arch_opt": self.arch_opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "generator": self.generator.get_state(),
+            "rng": rng_state(),
+            "history": self.history,
+        }
+
+    def save_checkpoint(self, also: str | None = None) -> None:
+        """Write ``last.pth`` (and ``also``) atomically on rank 0."""
+        if self.dist.is_main:
+            buffer = io.BytesIO()
+            torch.save(self.state(), buffer)
+            for name in ["last.pth"] + ([also] if also else []):
+                atomic_write(self.out / name, lambda handle: handle.write(buffer.getbuffer()))
+            atomic_write_json(self.out / "history.json", self.history)
+        if self.dist.distributed:
+            barrier(self.dist)
+
+    def load_checkpoint(self, path: str | Path) -> list[str]:
+        """Restore a checkpoint; returns the settings that differ from the checkpoint's (allowed ones only)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FaceNASError(f"{path}: search checkpoint not found (a search writes OUT/last.pth and "
+                               "OUT/warmup.pth)")
+        try:
+            state = torch.load(path, map_location=self.dist.device, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unpickling error means the same to the user
+            raise FaceNASError(f"{path}: not a readable search checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise FaceNASError(f"{path}: not a FaceNAS search checkpoint (expected format {CHECKPOINT_FORMAT})")
+        if state["space"] != self.space.to_dict():
+            raise FaceNASError(f"{path}: was written for search space {state['space'].get('name')!r}, not "
+                               f"{self.space.name!r}; resume with the same --space and options")
+        old, new = state["settings"], asdict(self.s)
+        changed = sorted(k for k in new if k in old and old[k] != new[k] and k != "extra")
+        blocked = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if blocked:
+            shown = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in blocked)
+            raise FaceNASError(f"{path}: cannot resume with changed {shown}; only "
+                               f"{', '.join(sorted(RESUMABLE_CHANGES - {'resume', 'out_dir', 'progress'}))} may "
+                               "change")
+        self.detector.load_state_dict(state["detector"])
+        self.weight_opt.load_state_dict(state["weight_opt"])
+        self.arch_opt.load_state_dict(state["arch_opt"])
+        for group in self.arch_opt.param_groups:
+            group["lr"] = self.s.arch_lr
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        return [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k not in ("resume", "out_dir", "progress")]
+
+    # ---------------------------------------------------------------------------------------------- result
+    def finish(self) -> dict[str, Any]:
+        """Derive the architecture, predict its cost and write ``arch.json`` (rank 0)."""
+        choices = [e.argmax() for e in self.net.edges]
+        predicted = self.costs.of_paths(choices)
+        meta = {
+            "searched": True,
+            "space": self.space.name,
+            "target": self.s.target,
+            "predicted": predicted,
+            "unit": self.costs.unit,
+            "predicted_latency_ms": predicted if self.costs.unit == "ms" else None,
+            "range": [self.costs.smallest, self.costs.largest],
+            "table": {k: self.table_meta.get(k) for k in ("path", "device_name", "device", "batch", "resolution",
+                                                          "threads", "metric", "calibration")},
+            "settings": {k: v for k, v in asdict(self.s).items() if k not in ("progress", "extra")},
+            "probabilities": [[round(float(p), 4) for p in e.probs.detach().cpu()] for e in self.net.edges],
+        }
+        arch = self.net.derive(f"{self.space.name}_T{self.s.target:g}", meta)
+        if self.dist.is_main:
+            arch.save(self.out / "arch.json")
+            _plot_history(self.history, self.s.target, self.costs.unit, self.out / "search.png")
+        return {"arch": arch, "predicted": predicted, "target": self.s.target}
+
+
+def _plot_history(history: list[dict[str, Any]], target: float, unit: str, path: Path) -> None:
+    """Loss and cost curves per epoch, as PNG (best effort: skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(epochs, [h.get("total", math.nan) for h in history], label="detection loss (weight steps)")
+    ax1.set_xlabel("epoch")
+    ax1.legend()
+    ax2.plot(epochs, [h["expected_full"] for h in history], label="expected cost (formula 12)")
+    ax2.plot(epochs, [h["argmax_cost"] for h in history], label="argmax network")
+    ax2.axhline(target, color="k", linestyle="--", label="target")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(unit)
+    ax2.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def dump_settings(settings: SearchSettings) -> str:
+    return json.dumps({k: v for k, v in asdict(settings).items() if k != "extra"}, indent=None)

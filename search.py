@@ -1,0 +1,199 @@
+"""Latency-constrained search of a RetinaFace backbone (FaceNAS, thesis chapter 3).
+
+    python search.py --latency-table rpi4.json --target 210
+
+trains a gated supernet (ProxylessNAS binary gates) on face detection with the loss
+``L = L_cls + 2 L_box + L_landmarks + |lambda (E[latency] - T) / T|`` and writes OUT/arch.json, which loads with
+``timm.create_model('facenas_arch', arch='OUT/arch.json')`` and trains with ``python train.py --model OUT/arch.json``.
+
+A missing table, or blocks missing from it, are measured on this machine (internal mode) and saved; the table then
+describes this machine. To search for another device, profile it there with ``profile_latency.py`` and pass that
+file. Without --data-root the built-in synthetic dataset is used. On a CPU the defaults are a short run (about
+15 minutes on 2 cores); see --help for the thesis-scale settings.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from utils.errors import FaceNASError, run_cli
+
+CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epochs": 6, "arch_lr": 0.03,
+             "lr": 0.01, "max_steps_per_epoch": None}
+THESIS = {"img_size": 640, "warmup_epochs": 40, "search_epochs": 120, "arch_lr": 1e-3, "lr": 1e-3}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.config import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="YAML file of options (the command line overrides it)")
+    g = p.add_argument_group("target")
+    g.add_argument("--latency-table", required=True, metavar="FILE",
+                   help="latency (or FLOPs/params/acts) table JSON; created here when missing (required)")
+    g.add_argument("--target", type=float, required=True,
+                   help="target (reference) backbone latency T in the table's unit, e.g. ms (required)")
+    g.add_argument("--lambda", dest="lam", type=float, default=None,
+                   help="weight of the latency loss (default: the preset's, 7 for rpi4/jetson, 0.75 for dgx)")
+    g.add_argument("--p1", type=float, default=0.5,
+                   help="formula 12 weight of the probability-weighted latency; 1.0 gives formula 11 (default: 0.5)")
+    g.add_argument("--loss-form", choices=["abs", "proxyless", "hinge"], default="abs",
+                   help="latency loss: abs = formula 10, proxyless = formula 8, hinge = formula 9 (default: abs)")
+    g = p.add_argument_group("search space")
+    g.add_argument("--space", default=None,
+                   help="experiment (R5, R11, TT3, J15, ...), preset (rpi4, dgx, jetson) or a space .json file "
+                        "(default: the table's preset, else the preset named in the table's file name, else rpi4)")
+    g.add_argument("--hardswish", action="store_true", help="HardSwish in stages 3-4 and the last conv (_HS)")
+    g.add_argument("--pre-stage", default=None, help="fixed pre-stage block, e.g. 3x3_KKConv_Mid_16 "
+                                                     "(default: the space's)")
+    g.add_argument("--last-channels", type=int, default=None, help="last 1x1 conv width (default: the space's)")
+    g.add_argument("--single-path", action="store_true",
+                   help="one sampled candidate per architecture step with gate gradients over all candidates "
+                        "(default: ProxylessNAS two-path sampling)")
+    g = p.add_argument_group("schedule (defaults: thesis-scale on a GPU, a ~15-minute run on a CPU)")
+    g.add_argument("--warmup-epochs", type=int, default=None, help="weights-only epochs on random paths "
+                                                                   "(default: 40 on GPU, 2 on CPU)")
+    g.add_argument("--search-epochs", type=int, default=None, help="search epochs (default: 120 on GPU, 6 on CPU)")
+    g.add_argument("--arch-every", type=int, default=5, help="weight steps per architecture step (default: 5)")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None,
+                   help="cap on weight steps per epoch, for quick trials (default: the whole split)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per step and process (default: the preset's 32/24 on GPU, 8 on CPU)")
+    g.add_argument("--img-size", type=int, default=None, help="training/search resolution (default: 640 on GPU, "
+                                                              "320 on CPU)")
+    g.add_argument("--lr", type=float, default=None, help="weight SGD learning rate (default: 1e-3, RetinaFace; "
+                                                          "0.01 for the short CPU run)")
+    g.add_argument("--momentum", type=float, default=0.9, help="weight SGD momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay of the weights (default: 5e-4)")
+    g.add_argument("--arch-lr", type=float, default=None,
+                   help="Adam learning rate of the alphas, betas (0, 0.999) (default: 1e-3, ProxylessNAS; 0.03 for "
+                        "the short CPU run, which has ~100x fewer architecture steps)")
+    g.add_argument("--holdout-fraction", type=float, default=0.2,
+                   help="share of the training images held out for architecture steps (default: 0.2)")
+    g = p.add_argument_group("run")
+    g.add_argument("--data-root", default=None, help="WIDER FACE root (docs/DATA.md); default: built-in dataset")
+    g.add_argument("--out-dir", default=None, help="output folder (default: runs/search_<space>_T<target>)")
+    g.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                   help="resume from OUT/last.pth (no value), OUT/warmup.pth ('warmup') or a checkpoint path")
+    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and path sampling "
+                                                       "(default: 0)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on with CUDA)")
+    g.add_argument("--workers", type=int, default=None, help="data loader workers (default: 2 on CPU, 4 on GPU)")
+    g.add_argument("--table-device", choices=["cpu", "cuda"], default=None,
+                   help="device a NEW table is measured on (default: the preset's: cuda for dgx/jetson when "
+                        "available, else cpu)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from engine.config import parse_args
+
+    args = parse_args(build_parser(), argv)
+    import torch
+
+    from engine.distributed import barrier, cleanup, init_distributed
+    from engine.logging import setup_logging
+    from nas.latency_loss import edge_costs
+    from nas.latency_table import LatencyTable
+    from nas.searcher import Searcher, SearchSettings
+    from nas.spaces import PRESETS, get_space
+
+    dist = init_distributed(args.device)
+    table_path = Path(args.latency_table)
+    table = LatencyTable.load(table_path) if table_path.exists() else None
+
+    # ---- space: option, else the table's preset, else the table's file name, else rpi4
+    space_name = args.space or (table.meta.get("preset") if table else None)
+    if space_name is None:
+        space_name = next((p for p in PRESETS if p in table_path.stem.lower()), "rpi4")
+    overrides = {k: v for k, v in (("pre_stage", args.pre_stage), ("last_channels", args.last_channels))
+                 if v is not None}
+    space = get_space(space_name, hardswish=args.hardswish, **overrides)
+    preset = PRESETS[space.preset]
+    out_dir = Path(args.out_dir or f"runs/search_{space.name}_T{args.target:g}")
+    log = setup_logging(out_dir / "search.log", dist.is_main, dist.rank)
+
+    # ---- table: create it here when missing (internal mode), then measure what the space needs
+    if table is None:
+        device = args.table_device or ("cuda" if preset["gpu"] and torch.cuda.is_available() else "cpu")
+        if dist.is_main:
+            table = LatencyTable.create(table_path, device=device, batch=preset["latency_batch"],
+                                        resolution=preset["latency_size"], preset=space.preset, space=space.name)
+            log.info(f"{table_path} did not exist: created a new latency table that describes THIS machine "
+                     f"({table.meta.get('device_name')}, {device}, {table.meta.get('threads')} threads, batch "
+                     f"{table.batch}, {table.input_size}x{table.input_size}), not a {preset['device']}. To search for "
+                     f"that device, run `python profile_latency.py --preset {space.preset} --out {table_path.name}` "
+                     "on it and pass the file here.")
+        barrier(dist)
+        table = LatencyTable.load(table_path)
+    if args.target <= 0:
+        raise FaceNASError(f"--target must be positive, got {args.target}")
+    if dist.is_main:
+        costs = edge_costs(space, table, measure_missing=True)
+    barrier(dist)
+    table = LatencyTable.load(table_path)
+    costs = edge_costs(space, table)
+    unit = costs.unit
+
+    # ---- settings: CPU quick run or thesis scale
+    on_gpu = dist.device.type == "cuda"
+    base = dict(THESIS, batch_size=preset["batch"]) if on_gpu else dict(CPU_QUICK)
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else base.get(k) for k in
+              ("img_size", "batch_size", "warmup_epochs", "search_epochs", "arch_lr", "lr", "max_steps_per_epoch")}
+    settings = SearchSettings(
+        target=args.target, lam=args.lam if args.lam is not None else preset["lambda"], p1=args.p1,
+        loss_form=args.loss_form, two_path=not args.single_path, arch_every=args.arch_every,
+        momentum=args.momentum, weight_decay=args.weight_decay, holdout_fraction=args.holdout_fraction,
+        seed=args.seed, workers=args.workers if args.workers is not None else (4 if on_gpu else 2),
+        amp=args.amp if args.amp is not None else on_gpu, device=str(dist.device), data_root=args.data_root,
+        out_dir=str(out_dir), progress=not args.no_progress, **chosen)
+
+    if dist.is_main:
+        _print_start(log, space, table, table_path, costs, settings, on_gpu)
+    searcher = Searcher(space, costs, settings, dist, log, {**table.meta, "path": str(table_path)})
+    if args.resume:
+        ckpt = {"last": out_dir / "last.pth", "warmup": out_dir / "warmup.pth"}.get(args.resume, Path(args.resume))
+        changed = searcher.load_checkpoint(ckpt)
+        log.info(f"resumed from {ckpt} at epoch {searcher.epoch}" + (f"; changed: {', '.join(changed)}"
+                                                                     if changed else ""))
+    result = searcher.run()
+    if dist.is_main:
+        arch = result["arch"]
+        log.info("\n" + arch.describe())
+        gap = 100 * (result["predicted"] - args.target) / args.target
+        log.info(f"predicted backbone {table.meta.get('metric', 'latency')}: {result['predicted']:.3f} {unit} "
+                 f"(target {args.target:g} {unit}, {gap:+.1f}%) on {table.meta.get('device_name')}")
+        log.info(f"wrote {out_dir / 'arch.json'}; next: python train.py --model {out_dir / 'arch.json'}")
+        if not on_gpu:
+            log.info("scale up: with WIDER FACE and GPUs run e.g. `torchrun --nproc_per_node 8 search.py "
+                     f"--latency-table {table_path.name} --target {args.target:g} --data-root WIDER_ROOT` "
+                     "(thesis settings: 640 px, batch 32 per GPU, 40 warm-up + 120 search epochs, arch lr 1e-3)")
+    cleanup(dist)
+
+
+def _print_start(log, space, table, table_path, costs, settings, on_gpu: bool) -> None:
+    unit = costs.unit
+    log.info(f"space {space.name} (preset {space.preset}): {len(costs.edges)} MixedEdges, "
+             f"{sum(len(c) for c in costs.edges)} candidates, pre-stage {space.pre_stage}, "
+             f"MaxPool {'on' if space.maxpool else 'off'}, last conv {space.last_channels}")
+    log.info(f"table {table_path}: {table.meta.get('metric', 'latency')} on {table.meta.get('device_name')} "
+             f"({table.meta.get('device')}), batch {table.batch}, {table.input_size}x{table.input_size}, "
+             f"calibration x{table.scale:g}")
+    log.info(f"reachable {costs.smallest:.3f} .. {costs.largest:.3f} {unit} (fixed parts {costs.fixed:.3f})")
+    if settings.target < costs.smallest:
+        log.warning(f"target {settings.target:g} {unit} is below the smallest network of this space on this device "
+                    f"({costs.smallest:.3f} {unit}): the search will push every edge to its cheapest candidate")
+    elif settings.target > costs.largest:
+        log.warning(f"target {settings.target:g} {unit} is above the largest network of this space on this device "
+                    f"({costs.largest:.3f} {unit}): the latency loss then rewards the most expensive candidates, so "
+                    "expect the largest network; lower --target or use a wider space")
+    log.info(f"settings ({'GPU' if on_gpu else 'CPU quick run'}): " + ", ".join(
+        f"{k}={v}" for k, v in vars(settings).items() if k not in ("extra", "progress", "data_root", "out_dir")))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
