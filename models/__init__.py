@@ -38,7 +38,8 @@ def create_backbone(model: str | Path | Arch, features_only: bool = True, **kwar
     name = resolve_model_name(str(model))
     if name in TIMM_BASELINES:
         kwargs.setdefault("out_indices", TIMM_BASELINES[name])
-        return timm.create_model(name, pretrained=False, features_only=features_only, **kwargs)
+        kwargs.setdefault("pretrained", False)  # never download; a local file comes through pretrained_cfg_overlay
+        return timm.create_model(name, features_only=features_only, **kwargs)
     if not timm.is_model(name):
         known = ", ".join(sorted(ZOO)) + ", resnet50"
         raise FaceNASError(f"unknown model {model!r}; use a registered name ({known}) or an arch .json file")

@@ -1,0 +1,439 @@
+"""Train RetinaFace with any FaceNAS / timm backbone on WIDER FACE (or the built-in synthetic dataset).
+
+Presets (``--preset``; explicit options and ``--config`` values always win):
+
+* ``recipe``: the RetinaFace recipe (SPEC section 8): SGD lr 1e-3, momentum 0.9, weight decay 5e-4, 640 px;
+  MobileNet-sized backbones (mobile0.25 and the Raspberry Pi / Jetson nets) batch 32, 250 epochs, lr x0.1 at
+  epochs 190 and 220; wide backbones (ResNet-50 and the DGX-1 nets, FPN width 256) batch 24, 100 epochs, x0.1 at
+  70 and 90.
+* ``quick``: a CPU-sized run that finishes in minutes on the built-in data: 320 px, batch 8, 6 epochs, lr 1e-2
+  with a one-epoch warm-up, x0.1 for the last epoch, and an evaluation on the val images at the end (about
+  66% mean AP on the built-in val set; see bench/RESULTS_train.md).
+* ``auto`` (default): ``recipe`` when a GPU is used, ``quick`` on a CPU.
+
+Examples:
+    python train.py                                   # quick CPU run on the built-in dataset
+    python train.py --model R12_V3_HS --data-root /data/widerface --preset recipe
+    torchrun --nproc_per_node 4 train.py --model resnet50 --data-root /data/widerface
+    python train.py --resume runs/facenas_r12_v3_hs/last.pth
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.config import HelpFormatter, parse_args, write_config
+from utils.errors import FaceNASError, run_cli
+
+if TYPE_CHECKING:  # torch is imported after parsing, so that `--help` and bad options answer at once
+    import torch
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "mobile": {"img_size": 640, "batch_size": 32, "epochs": 250, "decay_epochs": [190, 220], "lr": 1e-3,
+               "warmup_epochs": 0.0, "eval": False},
+    "wide": {"img_size": 640, "batch_size": 24, "epochs": 100, "decay_epochs": [70, 90], "lr": 1e-3,
+             "warmup_epochs": 0.0, "eval": False},
+    "quick": {"img_size": 320, "batch_size": 8, "epochs": 6, "decay_epochs": [5], "lr": 1e-2,
+              "warmup_epochs": 1.0, "eval": True},
+}
+"""Values that depend on the preset (and, for ``recipe``, on the backbone width)."""
+
+# Settings that define a run: on --resume they come from the checkpoint unless given again.
+RUN_KEYS = ("model", "fpn_channels", "data_root", "img_size", "batch_size", "epochs", "decay_epochs", "decay_rate",
+            "warmup_epochs", "lr", "momentum", "weight_decay", "grad_clip", "seed", "amp", "preset", "save_every",
+            "eval", "test_size", "max_steps_per_epoch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (timm-style groups); every option states its default."""
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="YAML file of option: value pairs (e.g. configs/quick_cpu.yaml); the command line "
+                             "overrides it (default: none)")
+    parser.add_argument("--preset", choices=("auto", "recipe", "quick"), default="auto",
+                        help="default values: 'recipe' = RetinaFace recipe, 'quick' = minutes on a CPU, 'auto' = "
+                             "recipe on a GPU and quick on a CPU (default: auto)")
+
+    group = parser.add_argument_group("Model")
+    group.add_argument("--model", default="mobile0.25",
+                       help="backbone: registry name (facenas_r12_v3_hs), thesis spelling (R12_V3_HS, mobile0.25, "
+                            "resnet50) or an architecture .json file written by search.py (default: mobile0.25)")
+    group.add_argument("--fpn-channels", type=int, default=None, metavar="C",
+                       help="FPN/SSH width (default: 256 for backbones with >= 1024 channels, else 64)")
+    group.add_argument("--backbone-weights", default=None, metavar="FILE",
+                       help="initialise the backbone from a classification checkpoint of the same network (e.g. "
+                            "ImageNet weights saved from timm), loaded through timm's pretrained mechanism "
+                            "(default: none, random initialisation)")
+
+    group = parser.add_argument_group("Dataset")
+    group.add_argument("--data-root", default=None, metavar="DIR",
+                       help="WIDER FACE root with train/label.txt and train/images/ (docs/DATA.md) (default: the "
+                            "built-in synthetic dataset, generated on first use)")
+    group.add_argument("--img-size", type=int, default=None, metavar="PX",
+                       help="square training size (default: 640 recipe, 320 quick)")
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="DataLoader worker processes per training process (default: min(4, CPU cores))")
+
+    group = parser.add_argument_group("Optimizer (SGD)")
+    group.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 recipe, 1e-2 quick)")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    group.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
+    group.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                       help="clip the gradient norm to this value (default: no clipping, as the recipe)")
+
+    group = parser.add_argument_group("Schedule")
+    group.add_argument("--epochs", type=int, default=None,
+                       help="epochs (default: 250 mobile / 100 wide backbones with the recipe, 6 quick)")
+    group.add_argument("--batch-size", type=int, default=None, metavar="B",
+                       help="images per step over all processes; divided among torchrun processes (default: 32 "
+                            "mobile / 24 wide with the recipe, 8 quick)")
+    group.add_argument("--decay-epochs", type=int, nargs="*", default=None, metavar="E",
+                       help="epochs (1-based, as in the recipe) after which the lr is multiplied by --decay-rate "
+                            "(default: 190 220 mobile / 70 90 wide with the recipe, 5 quick)")
+    group.add_argument("--decay-rate", type=float, default=0.1, help="lr decay factor (default: 0.1)")
+    group.add_argument("--warmup-epochs", type=float, default=None,
+                       help="linear lr warm-up from 0.1 x lr over this many epochs (default: 0 recipe, 1 quick)")
+
+    group = parser.add_argument_group("Run")
+    group.add_argument("--out-dir", default=None, metavar="DIR",
+                       help="run folder for checkpoints, log, config and plots (default: runs/<model>, or "
+                            "runs/<model>-quick with the quick preset; the checkpoint's folder with --resume)")
+    group.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                       help="continue a run from a checkpoint; without a path, OUT_DIR/last.pth (default: start "
+                            "fresh)")
+    group.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation "
+                                                           "(default: 0)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = the GPU of "
+                                                        "LOCAL_RANK if CUDA is available, else cpu)")
+    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                       help="mixed precision (float16 autocast + gradient scaling) (default: on with CUDA, off on "
+                            "CPU)")
+    group.add_argument("--save-every", type=int, default=10, metavar="N",
+                       help="besides last.pth (every epoch) keep epoch_NNNN.pth every N epochs; 0 = never "
+                            "(default: 10)")
+    group.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
+                       help="after training, predict the val images and compute WIDER FACE AP (default: on quick, "
+                            "off recipe)")
+    group.add_argument("--test-size", type=int, default=0, metavar="PX",
+                       help="test scale of that evaluation: short side in px, 0 = original size (default: 0)")
+    group.add_argument("--max-steps-per-epoch", type=int, default=0, metavar="N",
+                       help="stop each epoch after N steps, for smoke tests and benchmarks; 0 = whole epoch "
+                            "(default: 0)")
+    group.add_argument("--threads", type=int, default=0, metavar="N",
+                       help="CPU threads for PyTorch per process; 0 = PyTorch's default (one per core). On a busy "
+                            "machine 1 can be much faster (default: 0)")
+    group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                       help="show a progress bar (default: on)")
+    return parser
+
+
+def _explicit(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations set on the command line or in the config file (not left at their defaults)."""
+    from engine.config import config_to_argv
+
+    probe = argparse.ArgumentParser(add_help=False)
+    probe._add_container_actions(parser)  # noqa: SLF001
+    for action in probe._actions:  # noqa: SLF001
+        action.default = argparse.SUPPRESS
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    extra = config_to_argv(known.config, parser) if known.config else []
+    return set(vars(probe.parse_args(extra + argv)))
+
+
+def recipe_family(model: str, fpn_channels: int | None) -> str:
+    """``wide`` for ResNet-50-sized backbones (FPN width 256), else ``mobile``."""
+    if fpn_channels is not None:
+        return "wide" if fpn_channels > 64 else "mobile"
+    import models
+    from models.retinaface import default_fpn_channels
+
+    backbone = models.create_backbone(model, features_only=True)
+    return "wide" if default_fpn_channels(backbone.feature_info.channels()) > 64 else "mobile"
+
+
+def resolve_args(args: argparse.Namespace, explicit: set[str], ckpt_args: dict[str, Any] | None,
+                 cuda: bool) -> argparse.Namespace:
+    """Fill preset-dependent defaults: checkpoint (on resume) < preset < config file < command line."""
+    if ckpt_args:
+        for key in RUN_KEYS:
+            if key not in explicit and key in ckpt_args:
+                setattr(args, key, ckpt_args[key])
+    preset = args.preset if args.preset != "auto" else ("recipe" if cuda else "quick")
+    args.preset_used = preset
+    family = recipe_family(args.model, args.fpn_channels) if preset == "recipe" else "quick"
+    args.recipe = family
+    for key, value in RECIPES[family].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.amp is None:
+        args.amp = cuda
+    if args.workers is None:
+        args.workers = min(4, os.cpu_count() or 1)
+    return args
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name, low in (("epochs", 1), ("batch_size", 1), ("img_size", 32), ("workers", 0), ("save_every", 0),
+                      ("max_steps_per_epoch", 0), ("test_size", 0), ("threads", 0)):
+        if getattr(args, name) < low:
+            raise FaceNASError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if not args.lr > 0 or not math.isfinite(args.lr):
+        raise FaceNASError(f"--lr must be a positive number, got {args.lr}")
+    if args.warmup_epochs < 0:
+        raise FaceNASError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+
+
+def _default_out_dir(args: argparse.Namespace) -> Path:
+    from engine.checkpoint import model_spec
+
+    spec = model_spec(args.model)
+    base = spec["model_name"] or (spec["arch"] or {}).get("name") or Path(str(args.model)).stem
+    base = str(base).replace("/", "_")
+    return Path("runs") / (f"{base}-quick" if args.preset_used == "quick" else base)
+
+
+def build_model(model: str, fpn_channels: int | None, backbone_weights: str | None = None) -> torch.nn.Module:
+    """The detector, with the backbone optionally initialised from ``backbone_weights``."""
+    import models
+
+    if backbone_weights is None:
+        return models.build_detector(model, fpn_channels=fpn_channels)
+    if not Path(backbone_weights).is_file():
+        raise FaceNASError(f"--backbone-weights {backbone_weights}: file not found")
+    try:
+        return models.build_detector(model, fpn_channels=fpn_channels, pretrained=True,
+                                     pretrained_cfg_overlay={"file": str(backbone_weights)})
+    except TypeError:
+        raise FaceNASError(f"--backbone-weights is not supported for {model} yet (models.create_backbone fixes "
+                           "pretrained=False for timm baselines)") from None
+    except FaceNASError as exc:
+        raise FaceNASError(f"--backbone-weights {backbone_weights}: {exc}") from None
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise FaceNASError(f"--backbone-weights {backbone_weights}: does not fit {model} ({first})") from None
+
+
+def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Loss curves (total and parts per epoch) to a PNG, written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.atomic import atomic_write
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for key, style in (("total", "-"), ("cls", "--"), ("box", "--"), ("landmark", "--")):
+        ax.plot(epochs, [h[key] for h in history], style, marker="o" if len(epochs) < 30 else None, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (epoch mean)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run training; returns a summary (``history``, ``out_dir``, ``last``, optional ``ap``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    explicit = _explicit(parser, argv)
+
+    import torch
+
+    from engine.checkpoint import load_checkpoint, model_spec, resume_training, save_checkpoint
+    from engine.distributed import barrier, cleanup, init_distributed
+    from engine.loaders import make_loader, resolve_data_root, set_epoch
+    from engine.logging import close_logging, setup_logging
+    from engine.trainer import NonFiniteLossError, StepSchedule, train_one_epoch
+    from models.loss import MultiBoxLoss
+
+    ckpt_args = None
+    resume_path = None
+    resume_spec = None
+    if args.resume is not None:
+        if args.resume:
+            resume_path = Path(args.resume)
+        elif args.out_dir:
+            resume_path = Path(args.out_dir) / "last.pth"
+        else:
+            raise FaceNASError("--resume without a path needs --out-dir (the run folder holding last.pth)")
+        resume_ckpt = load_checkpoint(resume_path)
+        ckpt_args = resume_ckpt.get("args") or {}
+        # Rebuild from the architecture stored in the checkpoint, so a moved or edited arch file does not matter.
+        resume_spec = None if "model" in explicit else {k: resume_ckpt.get(k) for k in ("model", "model_name", "arch")}
+        del resume_ckpt
+
+    dist_info = init_distributed(args.device)
+    try:
+        cuda = dist_info.device.type == "cuda"
+        args = resolve_args(args, explicit, ckpt_args, cuda)
+        _check(args)
+        if args.batch_size % dist_info.world_size:
+            raise FaceNASError(f"--batch-size {args.batch_size} is not divisible by the {dist_info.world_size} "
+                               "processes")
+        out_dir = Path(args.out_dir) if args.out_dir else (resume_path.parent if resume_path else
+                                                            _default_out_dir(args))
+        args.out_dir = str(out_dir)
+        last = out_dir / "last.pth"
+        if resume_path is None and last.exists():
+            raise FaceNASError(f"{last} exists: continue that run with --resume {last}, or pass a new --out-dir")
+
+        log = setup_logging(out_dir / "train.log", dist_info.is_main, dist_info.rank)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+
+        if resume_path is not None and resume_spec is not None:
+            from engine.checkpoint import build_from_spec
+
+            spec = resume_spec
+            detector = build_from_spec(spec, args.fpn_channels, str(resume_path))
+        else:
+            spec = model_spec(args.model)
+            detector = build_model(args.model, args.fpn_channels,
+                                   args.backbone_weights if resume_path is None else None)
+        args.fpn_channels = detector.fpn_channels
+        detector.to(dist_info.device)
+
+        # Rank 0 generates the built-in dataset if needed; the others wait, then find it complete.
+        if dist_info.is_main:
+            data_root = resolve_data_root(args.data_root, log)
+        barrier(dist_info)
+        if not dist_info.is_main:
+            data_root = resolve_data_root(args.data_root, None, verbose=False)
+
+        from data.augment import TrainTransform
+        from data.widerface import WiderFaceDetection
+
+        dataset = WiderFaceDetection(data_root, "train", TrainTransform(args.img_size), seed=args.seed)
+        per_process = args.batch_size // dist_info.world_size
+        loader = make_loader(dataset, per_process, dist_info, shuffle=True, seed=args.seed, workers=args.workers)
+
+        model: torch.nn.Module = detector
+        if dist_info.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                detector, device_ids=[dist_info.device.index] if cuda else None)
+        optimizer = torch.optim.SGD(detector.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
+        # --decay-epochs counts like the reference ("x0.1 at 190"): epochs 0..189 at lr, from index 190 on x0.1.
+        schedule = StepSchedule(optimizer, args.lr, args.decay_epochs, args.decay_rate, args.warmup_epochs)
+        scaler = torch.amp.GradScaler("cuda", enabled=bool(args.amp and cuda))
+        criterion = MultiBoxLoss()
+
+        start_epoch = 0
+        history: list[dict[str, float]] = []
+        if resume_path is not None:
+            ckpt = resume_training(resume_path, model=detector, optimizer=optimizer, scheduler=schedule,
+                                   scaler=scaler, spec=spec)
+            start_epoch = int(ckpt["epoch"]) + 1
+            history = list(ckpt.get("history") or [])
+
+        steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
+        if dist_info.is_main:
+            write_config(out_dir / "config.yaml", {k: v for k, v in vars(args).items()
+                                                   if k not in ("preset_used", "recipe")})
+            how = "resuming from " + str(resume_path) + f" at epoch {start_epoch + 1}" if resume_path else "new run"
+            log.info(f"train.py: RetinaFace + {args.model} ({spec['model_name'] or 'arch file'}), FPN "
+                     f"{args.fpn_channels}, {how}")
+            auto = " (auto: " + ("GPU found)" if cuda else "no GPU, CPU-sized run; --preset recipe for the full "
+                                                              "RetinaFace recipe)") if args.preset == "auto" else ""
+            log.info(f"preset {args.preset_used}{auto}: {args.epochs} epochs x {steps} steps, batch {args.batch_size}"
+                     f" ({dist_info.world_size} process(es) x {per_process}), {args.img_size} px, SGD lr {args.lr:g} "
+                     f"momentum {args.momentum:g} wd {args.weight_decay:g}, x{args.decay_rate:g} after epochs "
+                     f"{args.decay_epochs}, warm-up {args.warmup_epochs:g} epochs")
+            log.info(f"device {dist_info.device}{' (AMP on)' if args.amp and cuda else ''}, "
+                     f"{len(dataset)} training images, seed {args.seed}, workers {args.workers}, "
+                     f"{torch.get_num_threads()} threads, out {out_dir}")
+        if start_epoch >= args.epochs and dist_info.is_main:
+            log.info(f"nothing to do: {resume_path} already finished epoch {start_epoch} of {args.epochs}")
+
+        for epoch in range(start_epoch, args.epochs):
+            set_epoch(loader, epoch)
+            try:
+                stats = train_one_epoch(model, loader, criterion, optimizer, schedule, epoch, scaler=scaler,
+                                        device=dist_info.device, amp=bool(args.amp and cuda), dist_info=dist_info,
+                                        log=log if dist_info.is_main else None, progress=args.progress,
+                                        max_steps=args.max_steps_per_epoch or None, epochs=args.epochs)
+            except NonFiniteLossError as exc:
+                kept = f"the last good checkpoint is {last} (epoch {epoch})" if last.exists() else \
+                    "no checkpoint was written yet"
+                message = (f"{exc}; training stopped, nothing was saved for this epoch and {kept}. Lower --lr "
+                           f"(now {args.lr:g}), add --warmup-epochs or --grad-clip, or turn off --amp, then "
+                           f"--resume")
+                log.error(message)
+                raise FaceNASError(message) from None
+            history.append({"epoch": epoch, **{k: float(stats[k]) for k in ("total", "cls", "box", "landmark",
+                                                                             "lr", "seconds", "images_per_s")}})
+            if dist_info.is_main:
+                save_checkpoint(last, model=detector, spec=spec, fpn_channels=detector.fpn_channels, epoch=epoch,
+                                optimizer=optimizer, scheduler=schedule, scaler=scaler, args=vars(args),
+                                history=history)
+                if args.save_every and (epoch + 1) % args.save_every == 0:
+                    save_checkpoint(out_dir / f"epoch_{epoch + 1:04d}.pth", model=detector, spec=spec,
+                                    fpn_channels=detector.fpn_channels, epoch=epoch, optimizer=optimizer,
+                                    scheduler=schedule, scaler=scaler, args=vars(args), history=history)
+                plot_losses(history, out_dir / "loss_curve.png", f"RetinaFace + {args.model}")
+            barrier(dist_info)
+
+        summary: dict[str, Any] = {"history": history, "out_dir": str(out_dir), "last": str(last)}
+        if dist_info.is_main and history:
+            first, final = history[0]["total"], history[-1]["total"]
+            log.info(f"done: loss {first:.4f} (epoch {history[0]['epoch'] + 1}) -> {final:.4f} (epoch "
+                     f"{history[-1]['epoch'] + 1}); checkpoint {last}, curve {out_dir / 'loss_curve.png'}")
+        if args.eval and dist_info.is_main and history:
+            summary["ap"] = _evaluate(detector, data_root, out_dir, args, dist_info.device, log)
+        return summary
+    finally:
+        barrier_safe(dist_info)
+        cleanup(dist_info)
+        close_logging()
+
+
+def barrier_safe(dist_info: Any) -> None:
+    """Barrier that tolerates a broken process group (on the error path)."""
+    from engine.distributed import barrier
+
+    try:
+        barrier(dist_info)
+    except Exception:  # noqa: BLE001 - another rank may already have failed
+        pass
+
+
+def _evaluate(detector: torch.nn.Module, data_root: Path, out_dir: Path, args: argparse.Namespace,
+              device: torch.device, log: Any) -> dict[str, float]:
+    """Predict the val set with the trained weights and log the AP (used by the quick preset)."""
+    from data.wider_eval import SETTINGS
+    from engine.inference import EvalSettings, evaluate_detector
+    from utils.atomic import atomic_write_json
+
+    started = time.perf_counter()
+    pred_dir = out_dir / "widerface_val"
+    result = evaluate_detector(detector.eval(), data_root, pred_dir, EvalSettings(test_size=args.test_size), device,
+                               progress=args.progress, log=log)
+    ap = {s: float(result[s]) for s in (*SETTINGS, "mean")}
+    atomic_write_json(out_dir / "eval.json", {**ap, "pred_dir": str(pred_dir), "test_size": args.test_size})
+    log.info("val AP: " + ", ".join(f"{s} {100 * ap[s]:.2f}%" for s in (*SETTINGS, "mean")) +
+             f" ({time.perf_counter() - started:.0f} s; {out_dir / 'eval.json'})")
+    return ap
+
+
+if __name__ == "__main__":
+    run_cli(main)
