@@ -1,14 +1,23 @@
 """Evaluate a face detector on WIDER FACE val: Easy / Medium / Hard AP with the official protocol.
 
-Mode available now: score a folder of prediction files (``PRED/<event>/<name>.txt``, the official format) against
-the ground-truth ``.mat`` files. Without ``--gt-dir`` the ground truth of ``--data-root`` is used, and without
-``--data-root`` that of the built-in synthetic dataset.
+Modes:
 
-Example:
+* ``--pred-dir P``: score a folder of prediction files (``PRED/<event>/<name>.txt``, the official format) against
+  the ground-truth ``.mat`` files. Without ``--gt-dir`` the ground truth of ``--data-root`` is used, and without
+  ``--data-root`` that of the built-in synthetic dataset.
+* ``--checkpoint CKPT``: first run a train.py checkpoint over the val images of ``--data-root`` with the SPEC section
+  8 test settings (original size unless ``--test-size``; score > 0.02, top-k 5000, NMS 0.4, keep 750), write one
+  prediction file per image into ``--pred-dir`` (default: next to the checkpoint), then score it as above.
+* ``--latency``: time the backbone of ``--checkpoint`` or ``--model`` in deploy form (BatchNorm folded) at
+  ``--latency-shape B H W`` with the latency-table protocol, printed as ``[B, H, W] on <device>`` like the thesis.
+
+Examples:
     python evaluate.py --pred-dir runs/x/widerface_txt --gt-dir /data/widerface/ground_truth --json ap.json
+    python evaluate.py --checkpoint runs/facenas_r12_v3_hs/last.pth --data-root /data/widerface --json ap.json
+    python evaluate.py --latency --model R12_V3_HS --latency-shape 1 320 320 --threads 4
 
-The script is a thin shell: :func:`evaluate_from_folders` does the work and is importable; :func:`main` parses the
-arguments and dispatches, so other modes (run a checkpoint first, latency) can be added as further options.
+The script is a thin shell: :func:`evaluate_from_folders`, :func:`evaluate_checkpoint` and
+:func:`measure_backbone_latency` do the work and are importable; :func:`main` parses the arguments and dispatches.
 """
 from __future__ import annotations
 
@@ -32,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pred-dir", metavar="DIR", default=None,
                         help="folder of prediction files <event>/<name>.txt (name line, count line, then 'x y w h "
-                             "score' lines); a val image without a file counts as zero detections (default: none; "
-                             "required)")
+                             "score' lines); a val image without a file counts as zero detections. With "
+                             "--checkpoint it is where the predictions are written (default: required, except with "
+                             "--checkpoint (CKPT_DIR/widerface_val[_sSIZE]) or --latency alone)")
     parser.add_argument("--gt-dir", metavar="DIR", default=None,
                         help="folder holding wider_face_val.mat and wider_{easy,medium,hard}_val.mat (default: "
                              "DATA_ROOT/ground_truth)")
@@ -48,6 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: none)")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="also plot the three precision-recall curves to this PNG (default: none)")
+
+    group = parser.add_argument_group("Run a checkpoint first (--checkpoint)")
+    group.add_argument("--checkpoint", metavar="CKPT", default=None,
+                       help="train.py checkpoint to run over the val images of --data-root (default: none)")
+    group.add_argument("--test-size", type=int, default=0, metavar="PX",
+                       help="test scale: short side in pixels with the long side capped at --test-max-size; 0 = "
+                            "original size, as in the thesis (default: 0)")
+    group.add_argument("--test-max-size", type=int, default=2150, metavar="PX",
+                       help="cap on the long side when --test-size is set (default: 2150, the reference's)")
+    group.add_argument("--score-threshold", type=float, default=0.02, help="minimum score kept (default: 0.02)")
+    group.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold (default: 0.4)")
+    group.add_argument("--top-k", type=int, default=5000, help="candidates kept before NMS (default: 5000)")
+    group.add_argument("--keep-top-k", type=int, default=750, help="detections kept after NMS (default: 750)")
+    group.add_argument("--device", default="auto",
+                       help="where the checkpoint runs: auto, cpu, cuda or cuda:N (default: auto)")
+
+    group = parser.add_argument_group("Backbone latency (--latency)")
+    group.add_argument("--latency", action="store_true",
+                       help="measure the backbone latency of --checkpoint or --model (default: off)")
+    group.add_argument("--model", default=None,
+                       help="backbone for --latency without a checkpoint: registry name, thesis spelling "
+                            "(R12_V3_HS, mobile0.25, resnet50) or arch .json (default: none)")
+    group.add_argument("--latency-shape", type=int, nargs=3, default=(1, 640, 640), metavar=("B", "H", "W"),
+                       help="input batch, height and width; the thesis used 1 320 320 (Raspberry Pi 4), 1 640 640 "
+                            "(Jetson Nano) and 8 640 640 (DGX-1) (default: 1 640 640)")
+    group.add_argument("--latency-device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="CPU threads while timing (default: PyTorch's current setting)")
+    group.add_argument("--warmup", type=int, default=None,
+                       help="untimed calls (default: the protocol's, 20 on CPU, 40 on GPU)")
+    group.add_argument("--samples", type=int, default=None,
+                       help="timed calls (default: the protocol's, 50 on CPU, 200 on GPU)")
     return parser
 
 
@@ -109,14 +151,136 @@ def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
     return result
 
 
+def default_pred_dir(checkpoint: str | os.PathLike, test_size: int = 0) -> Path:
+    """Where ``--checkpoint`` mode writes predictions by default: ``CKPT_DIR/widerface_val[_sSIZE]``."""
+    suffix = f"_s{test_size}" if test_size else ""
+    return Path(checkpoint).resolve().parent / f"widerface_val{suffix}"
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                        pred_dir: str | os.PathLike | None = None, gt_dir: str | os.PathLike | None = None,
+                        settings: object | None = None, device: str = "auto", iou: float = 0.5,
+                        json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None,
+                        progress: bool = True) -> dict:
+    """Run a checkpoint over the val images, write the official prediction layout, then score it.
+
+    Args:
+        checkpoint: a train.py checkpoint.
+        data_root: dataset root (val images under ``val/images``); default the built-in dataset.
+        pred_dir: output folder (default :func:`default_pred_dir`); existing files of the same images are replaced.
+        gt_dir: ground-truth folder (default ``DATA_ROOT/ground_truth``).
+        settings: ``engine.inference.EvalSettings`` (default: the SPEC section 8 test settings).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        iou, json_path, plot_path: see :func:`evaluate_from_folders`.
+        progress: show a progress bar.
+
+    Returns:
+        The evaluation result (see :func:`evaluate_from_folders`).
+    """
+    import time
+
+    from data.widerface import WiderFaceValImages
+    from engine.checkpoint import load_detector
+    from engine.distributed import resolve_device
+    from engine.inference import EvalSettings, predict_to_folder
+
+    settings = settings or EvalSettings()
+    if data_root is None:
+        from data.synthetic import ensure_builtin_dataset
+
+        data_root = ensure_builtin_dataset()
+    gt = resolve_gt_dir(gt_dir, data_root)
+    dev = resolve_device(device)
+    detector, ckpt = load_detector(checkpoint, dev)
+    out = Path(pred_dir) if pred_dir is not None else default_pred_dir(checkpoint, settings.test_size)
+    images = WiderFaceValImages(data_root, gt if (gt / "wider_face_val.mat").is_file() else None)
+    scale = "original size" if not settings.test_size else f"short side {settings.test_size} px (long side <= " \
+                                                           f"{settings.max_size})"
+    print(f"{checkpoint}: {ckpt.get('model')} (epoch {int(ckpt['epoch']) + 1}) on {dev}, {len(images)} val images at "
+          f"{scale}, score > {settings.score_threshold:g}, NMS {settings.nms_threshold:g} -> {out}")
+    started = time.perf_counter()
+    written = predict_to_folder(detector, images, out, settings, dev, total=len(images), progress=progress)
+    print(f"wrote {written} prediction files in {time.perf_counter() - started:.1f} s")
+    return evaluate_from_folders(out, gt, iou=iou, json_path=json_path, plot_path=plot_path)
+
+
+def measure_backbone_latency(model: str | None = None, checkpoint: str | os.PathLike | None = None,
+                             shape: tuple[int, int, int] = (1, 640, 640), device: str = "cpu",
+                             threads: int | None = None, warmup: int | None = None,
+                             samples: int | None = None) -> dict:
+    """Time a backbone in deploy form (BatchNorm folded) and print ``[B, H, W] on <device>: X ms``.
+
+    Args:
+        model: backbone name / thesis spelling / arch file (when no checkpoint).
+        checkpoint: take the backbone of this checkpoint instead.
+        shape: ``(batch, height, width)``.
+        device, threads, warmup, samples: see ``nas.measure.measure_module``.
+
+    Returns:
+        The measurement dict (``mean_ms``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``n``, ...) plus ``name``,
+        ``shape`` and ``device``.
+    """
+    try:
+        from nas.measure import cpu_model, measure_module
+    except ImportError as exc:
+        raise FaceNASError(f"latency measurement needs nas/measure.py, which cannot be imported ({exc})") from None
+    import torch
+
+    import models
+    from models import deploy_form
+
+    batch, height, width = shape
+    if min(shape) < 1:
+        raise FaceNASError(f"--latency-shape must be three positive integers, got {list(shape)}")
+    if checkpoint is not None:
+        from engine.checkpoint import load_detector
+
+        detector, ckpt = load_detector(checkpoint, "cpu")
+        name = str(ckpt.get("model"))
+    elif model is not None:
+        detector = models.build_detector(model)
+        name = str(model)
+    else:
+        raise FaceNASError("--latency needs --checkpoint or --model")
+    backbone = deploy_form(detector.backbone)
+    result = measure_module(backbone, (batch, 3, height, width), device=device, warmup=warmup, samples=samples,
+                            threads=threads)
+    dev = torch.device(device)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_model()}, {result['threads']} threads"
+    print(f"{name} backbone (deploy form): {result['mean_ms']:.2f} ms [{batch}, {height}, {width}] on {where} "
+          f"(median {result['median_ms']:.2f}, p10 {result['p10_ms']:.2f}, p90 {result['p90_ms']:.2f}, "
+          f"n {result['n']}, trimmed mean)")
+    return {**result, "name": name, "shape": [batch, height, width], "device": where}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the selected mode."""
+    """Parse the command line and run the selected mode(s)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.pred_dir is None:
-        parser.error("--pred-dir is required")
-    gt_dir = resolve_gt_dir(args.gt_dir, args.data_root)
-    evaluate_from_folders(args.pred_dir, gt_dir, iou=args.iou, json_path=args.json, plot_path=args.plot)
+    if args.checkpoint is None and args.pred_dir is None and not args.latency:
+        parser.error("give --pred-dir (score predictions), --checkpoint (run a model, then score) or --latency")
+    if args.model is not None and not args.latency:
+        parser.error("--model is only used with --latency (to evaluate AP, give a --checkpoint)")
+    if args.checkpoint is not None or args.pred_dir is not None:
+        if args.checkpoint is not None:
+            from engine.inference import EvalSettings
+
+            for name in ("test_size", "top_k", "keep_top_k"):
+                if getattr(args, name) < 0:
+                    raise FaceNASError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+            if args.test_max_size < 1:
+                raise FaceNASError(f"--test-max-size must be >= 1, got {args.test_max_size}")
+            settings = EvalSettings(test_size=args.test_size, max_size=args.test_max_size,
+                                    score_threshold=args.score_threshold, nms_threshold=args.nms, top_k=args.top_k,
+                                    keep_top_k=args.keep_top_k)
+            evaluate_checkpoint(args.checkpoint, args.data_root, args.pred_dir, args.gt_dir, settings, args.device,
+                                iou=args.iou, json_path=args.json, plot_path=args.plot)
+        else:
+            gt_dir = resolve_gt_dir(args.gt_dir, args.data_root)
+            evaluate_from_folders(args.pred_dir, gt_dir, iou=args.iou, json_path=args.json, plot_path=args.plot)
+    if args.latency:
+        measure_backbone_latency(args.model, args.checkpoint, tuple(args.latency_shape), args.latency_device,
+                                 args.threads, args.warmup, args.samples)
     return 0
 
 
