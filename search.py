@@ -19,7 +19,7 @@ from pathlib import Path
 
 from utils.errors import FaceNASError, run_cli
 
-CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epochs": 6, "arch_lr": 0.03,
+CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epochs": 5, "arch_lr": 0.03,
              "lr": 0.01, "max_steps_per_epoch": None}
 THESIS = {"img_size": 640, "warmup_epochs": 40, "search_epochs": 120, "arch_lr": 1e-3, "lr": 1e-3}
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("schedule (defaults: thesis-scale on a GPU, a ~15-minute run on a CPU)")
     g.add_argument("--warmup-epochs", type=int, default=None, help="weights-only epochs on random paths "
                                                                    "(default: 40 on GPU, 2 on CPU)")
-    g.add_argument("--search-epochs", type=int, default=None, help="search epochs (default: 120 on GPU, 6 on CPU)")
+    g.add_argument("--search-epochs", type=int, default=None, help="search epochs (default: 120 on GPU, 5 on CPU)")
     g.add_argument("--arch-every", type=int, default=5, help="weight steps per architecture step (default: 5)")
     g.add_argument("--max-steps-per-epoch", type=int, default=None,
                    help="cap on weight steps per epoch, for quick trials (default: the whole split)")

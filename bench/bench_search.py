@@ -154,8 +154,9 @@ def one(args: argparse.Namespace) -> None:
             losses = criterion(model(images), targets, priors)
             losses["total"].backward()
             opt.step()
-        else:  # architecture step, two-path: the largest candidate and another one
-            paths = [(c, (c, (c + 1) % len(e.ops))) for c, e in zip(choices, net.edges)]
+        else:  # architecture step with the largest candidate active: two-path (+ another one) or single-path (all)
+            paths = [(c, (c, (c + 1) % len(e.ops)) if args.kind == "arch" else tuple(range(len(e.ops))))
+                     for c, e in zip(choices, net.edges)]
             net.set_paths(paths, "arch")
             losses = criterion(model(images), targets, priors)
             total = losses["total"] + latency_loss(expected_latency(net, costs), 1.0, 1.0)
@@ -203,7 +204,7 @@ class _Pyramid(torch.nn.Module):
 
 def steps(args: argparse.Namespace) -> None:
     results = {}
-    for kind in ("train", "weight", "arch"):
+    for kind in ("train", "weight", "arch", "arch_single"):
         cmd = [sys.executable, __file__, "_one", "--kind", kind, "--space", args.space, "--img-size",
                str(args.img_size), "--batch-size", str(args.batch_size), "--device", args.device,
                "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -216,7 +217,8 @@ def steps(args: argparse.Namespace) -> None:
     print("| step | ms | x train | peak MB | x train | step MB (peak - before) | x train | params M |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     labels = {"train": "training step, largest single path (standalone)", "weight": "search weight step (largest "
-              "path in the supernet)", "arch": "search architecture step (two-path)"}
+              "path in the supernet)", "arch": "search architecture step (two-path)",
+              "arch_single": "search architecture step (single-path, gates over all candidates)"}
     for kind, r in results.items():
         print(f"| {labels[kind]} | {r['ms']:.1f} | {r['ms'] / base['ms']:.2f} | {r['peak_mb']:.0f} | "
               f"{r['peak_mb'] / base['peak_mb']:.2f} | {r['step_mb']:.0f} | {r['step_mb'] / base['step_mb']:.2f} | "
@@ -250,7 +252,8 @@ def main() -> None:
         p.add_argument("--device", default="cpu")
         p.add_argument("--steps", type=int, default=5)
         p.add_argument("--warmup", type=int, default=2)
-    sub.choices["_one"].add_argument("--kind", choices=["train", "weight", "arch"], required=True)
+    sub.choices["_one"].add_argument("--kind", choices=["train", "weight", "arch", "arch_single"],
+                                      required=True)
     args = parser.parse_args()
     {"sweep": sweep, "steps": steps, "_one": one}[args.command](args)
 

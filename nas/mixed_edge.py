@@ -1,14 +1,15 @@
 """MixedEdge with ProxylessNAS binary gates (thesis 3.3.2; Cai et al., 2019).
 
 An edge holds its candidate blocks, one architecture parameter ``alpha`` per candidate and, per step, a sampled path
-that the supernet sets. Three ways to run an edge (the supernet passes them in; there is no global mode):
+that the supernet sets. Two ways to run an edge (the supernet passes them in; there is no global mode):
 
 * ``weights``: only the active candidate runs (memory of one path); unsampled candidates get no gradient, so the
   optimizer leaves them untouched (no weight decay, no momentum).
-* ``arch`` with two-path sampling (ProxylessNAS default): the two sampled candidates run; binary gates ``g`` (1 for
-  the active one, 0 for the other) multiply their outputs, so autograd gives ``dL/dg_j = <dL/dy, o_j(x)>``.
-* ``arch`` with single-path sampling: only the active candidate runs forward; in backward every candidate is
-  recomputed one at a time under ``no_grad`` to get ``dL/dg_j`` (memory of one extra path, compute of all).
+* ``arch``: only the active candidate runs forward (its graph carries the gradient to earlier layers); the binary
+  gates ``g`` (1 for the active candidate, 0 for the others) enter through a custom autograd function whose backward
+  gives ``dL/dg_j = <dL/dy, o_j(x)>``, recomputing each involved candidate's output ``o_j(x)`` one at a time under
+  ``no_grad``. With two-path sampling (ProxylessNAS default) the involved candidates are the sampled pair; with
+  single-path sampling all candidates are. Memory stays that of one path plus one transient output.
 
 The gate gradients then become alpha's gradient by ``dL/dalpha_i = sum_j dL/dg_j p_j (delta_ij - p_i)`` with ``p``
 the softmax over all candidates (single) or over the sampled pair (two-path), *added* to whatever gradient alpha
@@ -31,7 +32,8 @@ from models.naming import BlockSpec
 
 
 class _RecomputedGates(torch.autograd.Function):
-    """Identity on the active output; in backward, ``dL/dg_j = <grad, o_j(x)>`` with o_j recomputed one at a time."""
+    """Identity on the active output; in backward, ``dL/dg_j = <grad, o_j(x)>`` for the involved candidates, with
+    ``o_j`` recomputed one at a time (the other gates get 0)."""
 
     @staticmethod
     def forward(ctx, gates: torch.Tensor, active_out: torch.Tensor, x: torch.Tensor, edge: MixedEdge,
@@ -46,8 +48,8 @@ class _RecomputedGates(torch.autograd.Function):
         edge: MixedEdge = ctx.edge
         gate_grads = torch.zeros(len(edge.ops), dtype=torch.float32, device=grad.device)
         with torch.no_grad():
-            for j, op in enumerate(edge.ops):
-                out = active_out if j == ctx.active else op(x)
+            for j in edge.involved:
+                out = active_out if j == ctx.active else edge.ops[j](x)
                 gate_grads[j] = (grad.float() * out.float()).sum()
         return gate_grads, grad, None, None, None
 
@@ -107,11 +109,6 @@ class MixedEdge(nn.Module):
         with torch.no_grad():
             gates[self.active] = 1.0
         self.gates = gates
-        if len(self.involved) == 2:
-            other = next(i for i in self.involved if i != self.active)
-            out = gates[self.active] * self.ops[self.active](x)
-            # the other candidate's weights are not trained in an architecture step: detach its output
-            return out + gates[other] * self.ops[other](x).detach()
         active_out = self.ops[self.active](x)
         return _RecomputedGates.apply(gates, active_out, x.detach(), self, self.active)
 
