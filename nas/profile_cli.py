@@ -1,0 +1,617 @@
+"""profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
+
+The script needs PyTorch only: copy ``profile_latency.py`` alone to a Raspberry Pi, a Jetson or a GPU server and run
+it there. It writes a JSON latency table (one entry per block key with its input tensor) and a text log of what it
+measured and what it skipped and why. Re-running with the same --out skips the keys already present, so an
+interrupted run resumes; the table is rewritten atomically after every entry.
+
+What to measure (combined):
+  --preset rpi4            every experiment space of a preset (and its _HS form) at the preset's batch/resolution
+  --space R5 --space J15   experiment spaces by name (R5_HS = with HardSwish in stages 3-4)
+  --families KK DK ...     an explicit space: families, kernels, expansions, channels per stage, strides...
+  --names KEY ... / --names-file FILE   exactly these keys (block names with their _CxHxW input)
+Use --list-names to print the keys without measuring.
+
+Whole networks (to check and calibrate the predictor for this device with tools/latency_report.py --from-table):
+  --random-archs 30 --fit-archs 30    random backbones of the selected spaces, measured end to end after the blocks
+  --arch net.json ...                 architecture files, measured end to end
+
+Examples:
+  python profile_latency.py --preset rpi4 --out rpi4.json --rest 30
+  python profile_latency.py --preset dgx --out dgx_v100.json
+  python profile_latency.py --families KK DK --channels 24,32 64 128 256 --resolution 640 --device cuda --batch 1
+  python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
+  python profile_latency.py --preset rpi4 --out rpi4.json --random-archs 30 --fit-archs 30
+
+In the project this file is nas/profile_cli.py (``python -m nas.profile_cli``); profile_latency.py is generated from
+it and the block code by tools/build_profiler.py.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.arch import Arch
+from models.naming import BlockSpec, format_block, parse_block
+from nas.measure import (
+    DEFAULT_BATCH,
+    block_spec,
+    check_device,
+    deploy_backbone,
+    load_average,
+    machine_meta,
+    measure_block,
+    measure_interleaved,
+)
+from nas.random_arch import random_archs, space_by_name
+from nas.spaces import EXPERIMENTS, PRESETS, STAGE_FAMILIES, VARIATIONS, SearchSpace, preset_spaces
+from nas.table_file import TableFile, now_iso
+from utils.errors import FaceNASError, run_cli
+
+#: Stage blocks whose channel count changes by more than this factor are skipped (--max-channel-ratio). 8 is the
+#: largest jump of any thesis search space (TT3 128 -> 1024, T10/T12 32 -> 256), so presets are never cut.
+DEFAULT_MAX_CHANNEL_RATIO = 8.0
+#: Measurement order of block families; the rest period falls between two of them.
+FAMILY_ORDER = ("Conv", "MaxPool", "MBV1", "MBV2", "BL", "KK", "KK_Mid", "DK")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (every option documents its default)."""
+    parser = argparse.ArgumentParser(prog="profile_latency.py", description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_argument_group("what to measure")
+    what.add_argument("--preset", choices=sorted(PRESETS),
+                      help="every experiment space of this preset and their _HS forms, at the preset's batch (rpi4/"
+                           "jetson 1, dgx 8), resolution (rpi4 320, others 640) and device (dgx/jetson cuda, rpi4 "
+                           "cpu), unless overridden")
+    what.add_argument("--space", action="append", default=[], metavar="NAME",
+                      help=f"an experiment space ({', '.join(list(EXPERIMENTS)[:4])}, ..., optionally with _HS) or a "
+                           "space .json file; repeatable")
+    what.add_argument("--names", nargs="+", default=[], metavar="KEY",
+                      help="block keys to measure, with their input tensor, e.g. 3x3_KKConv_64_32x80x80")
+    what.add_argument("--names-file", metavar="FILE",
+                      help="a text file of block keys, one per line (# comments and blank lines ignored)")
+    what.add_argument("--list-names", action="store_true",
+                      help="print the keys that would be measured (filtered ones as '# skip' comments) and exit")
+
+    space = parser.add_argument_group(
+        "explicit space (with --families; the base preset, --preset or rpi4, gives the other defaults)")
+    space.add_argument("--families", nargs="+", choices=STAGE_FAMILIES, metavar="FAMILY",
+                       help=f"block families of every stage, from {', '.join(STAGE_FAMILIES)} (KK includes KK_Mid)")
+    space.add_argument("--kernels", nargs="+", type=int, metavar="K",
+                       help="kernel sizes of MBV1/MBV2/BL (default: the preset's variations, e.g. 3 5)")
+    space.add_argument("--expansions", nargs="+", type=int, metavar="R",
+                       help="MBV2 expansions (default: the preset's, 3 4 6)")
+    space.add_argument("--stages", type=int, metavar="N",
+                       help="number of stages (default: the number of --channels; extra stages reuse the last "
+                            "channels at stride 1)")
+    space.add_argument("--channels", nargs="+", metavar="C[,C...]",
+                       help="output channels per stage; commas give alternatives that are all measured "
+                            "(default: the base preset's default experiment, e.g. 32 64 128 256)")
+    space.add_argument("--strides", nargs="+", type=int, metavar="S",
+                       help="stride of each stage, 1 or 2 (default: 1 2 2 2 with MaxPool, 2 2 2 2 without, 1 for "
+                            "extra stages)")
+
+    common = parser.add_argument_group("skeleton overrides (apply to --preset, --space and explicit spaces)")
+    common.add_argument("--first-channels", nargs="+", type=int, metavar="C",
+                        help="output channels of the first conv, one or more values (default: 8)")
+    common.add_argument("--last-channels", type=int, metavar="C",
+                        help="output channels of the last 1x1 conv (default: the preset's, 2560 dgx, 256 others)")
+    common.add_argument("--pre-stage", metavar="NAME",
+                        help="pre-stage block, e.g. 3x3_KKConv_Mid_16 (default: the space's)")
+    # two flags rather than BooleanOptionalAction (Python 3.9+): the script also runs on older device images
+    common.add_argument("--maxpool", dest="maxpool", action="store_const", const=True, default=None,
+                        help="a 3x3 MaxPool after the pre-stage (default: the space's; thesis rpi4/jetson on)")
+    common.add_argument("--no-maxpool", dest="maxpool", action="store_const", const=False,
+                        help="no MaxPool after the pre-stage")
+    common.add_argument("--shortcuts", choices=("none", "strided", "all"),
+                        help="stage-first shortcut blocks: none, 1x1_Conv_Pool at stride 2 only, or all (1x1_Conv "
+                             "/ 1x1_Conv_Pool) (default: the preset's: rpi4 none, jetson strided, dgx all)")
+    common.add_argument("--se", choices=("none", "se", "ese"),
+                        help="squeeze-excitation kind (default: the space's; dgx eSE in stages 1-2)")
+    common.add_argument("--se-stages", nargs="+", type=int, metavar="I",
+                        help="stages with SE, 0 = pre-stage (default: the space's, or all stages when --se is "
+                             "given to a space without SE)")
+    common.add_argument("--hardswish", choices=("off", "on", "both"), default="off",
+                        help="for --families spaces: plain (LeakyReLU), _HS (HardSwish in stages 3-4 and the last "
+                             "conv) or both (default: off)")
+
+    how = parser.add_argument_group("how to measure")
+    how.add_argument("--device", choices=("cpu", "cuda"),
+                     help="where to run the blocks (default: cuda for --preset dgx/jetson, else cpu)")
+    how.add_argument("--batch", type=int,
+                     help="batch size of the input tensor (default: the preset's; else 8 on cuda, 1 on cpu)")
+    how.add_argument("--resolution", type=int,
+                     help="network input side in pixels (default: the preset's, else 640; none for --names only)")
+    how.add_argument("--threads", type=int,
+                     help=f"CPU threads, fixed for the run and recorded (default: torch's, here "
+                          f"{torch.get_num_threads()})")
+    how.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                     help="tensor and weight type (default: float32)")
+    how.add_argument("--channels-last", action="store_true",
+                     help="measure in channels_last memory format (default: contiguous NCHW)")
+    how.add_argument("--warmup", type=int, help="untimed calls per block (default: 40 cuda, 20 cpu)")
+    how.add_argument("--samples", type=int, help="timed calls per block (default: 200 cuda, 50 cpu)")
+    how.add_argument("--rounds", type=int, default=1,
+                     help="measure the whole list R times in separate passes and keep, per block, the round with "
+                          "the median mean (robust to a busy or throttling spell); resuming with a larger R adds "
+                          "rounds to existing entries (default: 1, the thesis protocol)")
+    how.add_argument("--rest", type=float, default=0.0, metavar="SECONDS",
+                     help="pause between block families to let the device cool (default: 0; 30-60 s on a "
+                          "Raspberry Pi without a fan)")
+
+    filters = parser.add_argument_group("filters (skipped blocks are logged with the reason)")
+    filters.add_argument("--max-ms", type=float, metavar="MS",
+                         help="skip a block when the mean of its first 5 samples after warm-up exceeds MS "
+                              "(default: no threshold)")
+    filters.add_argument("--max-channel-ratio", type=float, default=DEFAULT_MAX_CHANNEL_RATIO, metavar="R",
+                         help="skip stage blocks whose output/input channel ratio (either way) exceeds R, e.g. "
+                              "16 -> 128 at R=4; first/last convs and MaxPool are exempt; 0 disables "
+                              f"(default: {DEFAULT_MAX_CHANNEL_RATIO:g}, the largest jump in the thesis spaces)")
+
+    nets = parser.add_argument_group(
+        "whole networks, measured end to end after the blocks and stored under 'networks' in the table")
+    nets.add_argument("--arch", nargs="+", default=[], metavar="FILE",
+                      help="architecture JSON files (their blocks are measured too)")
+    nets.add_argument("--random-archs", type=int, default=0, metavar="N",
+                      help="N random architectures of the selected spaces, reported as validation (default: 0)")
+    nets.add_argument("--fit-archs", type=int, default=0, metavar="N",
+                      help="N other random architectures to fit the calibration on (default: 0)")
+    nets.add_argument("--seed", type=int, default=0, help="seed of --random-archs (default: 0)")
+    nets.add_argument("--fit-seed", type=int, default=1000, help="seed of --fit-archs (default: 1000)")
+    nets.add_argument("--repeats", type=int, default=3,
+                      help="interleaved rounds per network; the median is kept (default: 3)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", metavar="FILE",
+                     help="the JSON table; resumed when it exists (default: latency_<preset|custom>_<device>_"
+                          "b<batch>_<resolution>.json in the current folder)")
+    out.add_argument("--log", metavar="FILE", help="text log, appended (default: --out with the suffix .log)")
+    out.add_argument("--note", default="", help="free text stored in the metadata, e.g. 'nvpmodel MAXN, fan on'")
+    out.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------ key sets
+def _split_channels(values: list[str]) -> list[list[int]]:
+    try:
+        return [[int(c) for c in value.split(",") if c] for value in values]
+    except ValueError:
+        raise FaceNASError(f"--channels takes integers per stage, commas for alternatives, not {values}") from None
+
+
+def explicit_spaces(args: argparse.Namespace) -> list[SearchSpace]:
+    """Spaces of an explicit option set (--families ...): one per combination of channel alternatives."""
+    base = args.preset or "rpi4"
+    experiment = EXPERIMENTS[PRESETS[base]["default_experiment"]]
+    channel_options = (_split_channels(args.channels) if args.channels
+                       else [[stage["channels"]] for stage in experiment["stages"]])
+    n_stages = args.stages or len(channel_options)
+    if n_stages < 1:
+        raise FaceNASError("--stages must be at least 1")
+    channel_options = (channel_options + [channel_options[-1]] * n_stages)[:n_stages]
+    maxpool = experiment["maxpool"] if args.maxpool is None else args.maxpool
+    strides = args.strides or [1 if (maxpool and i == 0) else 2 for i in range(min(4, n_stages))]
+    strides = (list(strides) + [1] * n_stages)[:n_stages]
+    variations: dict[str, dict[str, list[int]]] = {}
+    for family in ("MBV1", "MBV2", "BL"):
+        preset_var = {k: list(v) for k, v in VARIATIONS[base].get(family, {}).items()}
+        if args.kernels:
+            preset_var["kernels"] = list(args.kernels)
+        if family == "MBV2" and args.expansions:
+            preset_var["expansions"] = list(args.expansions)
+        variations[family] = preset_var
+    spaces = []
+    hs_modes = {"off": [False], "on": [True], "both": [False, True]}[args.hardswish]
+    for combo in itertools.product(*channel_options):
+        stages = [{"families": list(args.families), "max_blocks": 2, "channels": c, "stride": s}
+                  for c, s in zip(combo, strides)]
+        data = {"name": "custom_" + "_".join(map(str, combo)), "preset": base, "stages": stages, "maxpool": maxpool,
+                "pre_stage": experiment["pre_stage"], "variations": variations}
+        space = SearchSpace.from_dict(data, "the --families options")
+        for hs in hs_modes:
+            spaces.append(_hardswish(space) if hs else space)
+    return spaces
+
+
+def _hardswish(space: SearchSpace) -> SearchSpace:
+    data = space.to_dict()
+    for i, stage in enumerate(data["stages"]):
+        if i >= 2:
+            stage["act"] = "HS"
+    data.update(name=space.name + "_HS", last_act="HS")
+    return SearchSpace.from_dict(data, f"space {space.name}_HS")
+
+
+def apply_overrides(spaces: list[SearchSpace], args: argparse.Namespace) -> list[SearchSpace]:
+    """Skeleton overrides (first/last channels, pre-stage, MaxPool, shortcuts, SE) applied to every space."""
+    overrides: dict[str, Any] = {}
+    if args.last_channels is not None:
+        overrides["last_channels"] = args.last_channels
+    if args.pre_stage:
+        overrides["pre_stage"] = args.pre_stage
+    if args.maxpool is not None:
+        overrides["maxpool"] = args.maxpool
+    if args.shortcuts:
+        overrides["shortcut_policy"] = args.shortcuts
+    firsts = args.first_channels or [None]
+    if not overrides and firsts == [None] and args.se is None and args.se_stages is None:
+        return spaces
+    out = []
+    for space, first in itertools.product(spaces, firsts):
+        data = {**space.to_dict(), **overrides}
+        if first is not None:
+            data["first_channels"] = first
+        if args.se is not None:
+            data["se"] = None if args.se == "none" else args.se
+            if args.se != "none" and args.se_stages is None and not data["se_stages"]:
+                data["se_stages"] = list(range(len(space.stages) + 1))
+        if args.se_stages is not None:
+            data["se_stages"] = list(args.se_stages)
+        if "maxpool" in overrides and args.strides is None:
+            # a MaxPool toggle moves the first stride-2 step (stride 32 needs it either way)
+            for i, stage in enumerate(data["stages"]):
+                if i == 0:
+                    stage["stride"] = 1 if overrides["maxpool"] else 2
+        out.append(SearchSpace.from_dict(data, f"space {space.name} with the command-line overrides"))
+    return out
+
+
+def read_names_file(path: str) -> list[str]:
+    """Keys of a names file (one per line; ``#`` comments and blank lines ignored); errors name file:line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise FaceNASError(f"{path}: cannot read the names file ({exc.strerror})") from None
+    keys = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            keys.append(format_block(block_spec(text)))
+        except FaceNASError as exc:
+            raise FaceNASError(f"{path}:{number}: {exc}") from None
+    return keys
+
+
+def collect(args: argparse.Namespace) -> tuple[list[str], list[SearchSpace], int | None]:
+    """Keys to measure (canonical, deduplicated; whole networks' blocks included), the spaces, the resolution."""
+    spaces: list[SearchSpace] = []
+    if args.preset and not args.families:
+        spaces += preset_spaces(args.preset)
+    spaces += [space_by_name(name) for name in args.space]
+    if args.families:
+        spaces += explicit_spaces(args)
+    elif any(v is not None for v in (args.kernels, args.expansions, args.stages, args.channels, args.strides)):
+        raise FaceNASError("--kernels, --expansions, --stages, --channels and --strides describe an explicit space: "
+                           "add --families")
+    spaces = apply_overrides(spaces, args)
+    resolution = args.resolution
+    if resolution is None and (args.preset or spaces):
+        resolution = PRESETS[args.preset]["latency_size"] if args.preset else 640
+    keys: list[str] = []
+    for space in spaces:
+        keys += space.latency_keys(resolution)
+    for name in args.names:
+        keys.append(format_block(block_spec(name)))
+    if args.names_file:
+        keys += read_names_file(args.names_file)
+    if args.arch and resolution is None:
+        raise FaceNASError("--arch needs --resolution (or a --preset) to place the network's blocks")
+    for path in args.arch:
+        keys += [block.key for block in Arch.load(path).resolve(resolution)]
+    if not keys:
+        raise FaceNASError("nothing to measure: give --preset, --space, --families or --names (see --help)")
+    return list(dict.fromkeys(keys)), spaces, resolution
+
+
+def collect_networks(args: argparse.Namespace, spaces: list[SearchSpace]) -> list[tuple[Arch, str]]:
+    """Whole networks to measure: (architecture, role) for --arch, --random-archs and --fit-archs."""
+    nets = [(Arch.load(path), "validate") for path in args.arch]
+    if (args.random_archs or args.fit_archs) and not spaces:
+        raise FaceNASError("--random-archs/--fit-archs draw from the selected spaces: add --preset, --space or "
+                           "--families")
+    if args.random_archs < 0 or args.fit_archs < 0 or args.repeats < 1:
+        raise FaceNASError("--random-archs and --fit-archs must be >= 0, --repeats >= 1")
+    if args.random_archs and args.fit_archs and args.seed == args.fit_seed:
+        raise FaceNASError("--fit-seed must differ from --seed (fitting and validation networks must differ)")
+    validate = random_archs(spaces, args.random_archs, args.seed, prefix="val") if args.random_archs else []
+    nets += [(arch, "validate") for arch in validate]
+    if args.fit_archs:
+        taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in validate}
+        nets += [(arch, "fit") for arch in random_archs(spaces, args.fit_archs, args.fit_seed, prefix="fit",
+                                                        exclude=taken)]
+    names = [arch.name for arch, _ in nets]
+    if len(set(names)) != len(names):
+        raise FaceNASError("two networks share a name; give the architecture files distinct 'name' fields")
+    return nets
+
+
+def family_groups(keys: list[str]) -> list[tuple[str, list[str]]]:
+    """Keys grouped by block family (measurement order), inputs large to small inside a group."""
+    groups: dict[str, list[tuple[tuple, str]]] = {}
+    for key in keys:
+        spec = parse_block(key)
+        order = (spec.kernel, spec.expansion or 0, spec.se or "", spec.act, spec.shortcut, spec.stride,
+                 -(spec.size[0] * spec.size[1]), spec.cin, spec.cout)
+        groups.setdefault(spec.family, []).append((order, key))
+    ranked = sorted(groups, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER))
+    return [(family, [key for _, key in sorted(groups[family])]) for family in ranked]
+
+
+def channel_ratio_problem(spec: BlockSpec, max_ratio: float) -> str | None:
+    """Why a stage block is an atypical channel jump, or ``None`` (first/last convs and MaxPool are exempt)."""
+    if not max_ratio or spec.family in ("Conv", "MaxPool", "Zero") or not spec.cin:
+        return None
+    ratio = max(spec.cout, spec.cin) / min(spec.cout, spec.cin)
+    if ratio > max_ratio:
+        return f"atypical channel jump {spec.cin} -> {spec.cout} (ratio {ratio:g} > --max-channel-ratio {max_ratio:g})"
+    return None
+
+
+# -------------------------------------------------------------------------------------------- progress/log
+class ProgressLine:
+    """tqdm when it is installed, else a plain counter on stderr (the device may have nothing but torch)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.start = total, 0, time.time()
+        self.enabled = enabled
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="block", dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+        self.tty = sys.stderr.isatty()
+
+    def update(self, text: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(text[:60], refresh=False)
+            self.bar.update(1)
+            return
+        elapsed = time.time() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        line = f"[{self.done}/{self.total}] {elapsed:6.0f}s eta {eta:5.0f}s  {text}"
+        if self.tty:
+            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
+        elif self.done == self.total or self.done % max(1, self.total // 20) == 0:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+class RunLog:
+    """Appends timestamped lines to the text log."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a", encoding="utf-8", buffering=1)
+
+    def __call__(self, text: str) -> None:
+        self.handle.write(f"{now_iso()} {text}\n")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# -------------------------------------------------------------------------------------------------- main
+def default_out(args: argparse.Namespace, device: str, batch: int, resolution: int | None) -> str:
+    label = args.preset or ("custom" if (args.families or args.space) else "names")
+    return f"latency_{label}_{device}_b{batch}_{resolution or 'any'}.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, then measure (or list) the selected blocks into the table."""
+    args = build_parser().parse_args(argv)
+    keys, spaces, resolution = collect(args)
+    space_names = list(dict.fromkeys(s.name for s in spaces))
+    if len(space_names) > 30:  # channel alternatives multiply spaces: keep the metadata and messages short
+        space_names = space_names[:10] + [f"... {len(space_names)} spaces in all"]
+    networks = collect_networks(args, spaces)
+    filtered = {}
+    for key in keys:
+        problem = channel_ratio_problem(parse_block(key), args.max_channel_ratio)
+        if problem:
+            filtered[key] = problem
+    if args.list_names:
+        for _, group in family_groups(keys):
+            for key in group:
+                print(f"# skip {key}: {filtered[key]}" if key in filtered else key)
+        for arch, role in networks:
+            print(f"# network {arch.name} ({role}): {len(arch.resolve(resolution))} blocks")
+        print(f"{len(keys) - len(filtered)} keys to measure, {len(filtered)} filtered, from "
+              f"{', '.join(space_names) or 'the given names'} at resolution {resolution}; {len(networks)} whole "
+              "networks", file=sys.stderr)
+        return
+
+    device = args.device or ("cuda" if args.preset and PRESETS[args.preset]["gpu"] else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        hint = f" (--preset {args.preset} profiles a GPU; pass --device cpu to profile this CPU)" if args.preset else ""
+        raise FaceNASError(f"CUDA is not available on this machine{hint}")
+    check_device(device)
+    batch = args.batch or (PRESETS[args.preset]["latency_batch"] if args.preset else DEFAULT_BATCH[device])
+    threads = args.threads or torch.get_num_threads()
+    if batch < 1 or threads < 1 or args.rounds < 1:
+        raise FaceNASError("--batch, --threads and --rounds must be at least 1")
+    out = Path(args.out or default_out(args, device, batch, resolution))
+    meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
+                        preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note)
+    resumed = out.exists()
+    table = TableFile.open_or_create(out, **meta)
+    protocol = table.meta["protocol"]
+    protocol["rounds"] = max(int(protocol.get("rounds", 1)), args.rounds)
+    for name in ("warmup", "samples"):
+        asked = getattr(args, name)
+        if asked is not None and asked != protocol[name]:
+            raise FaceNASError(f"{out}: table was measured with {name}={protocol[name]} but --{name} {asked} was "
+                               "given; drop the option to resume it, or write to another --out")
+    if resumed and table.meta.get("torch_version") != torch.__version__:
+        print(f"warning: {out} was measured with torch {table.meta.get('torch_version')}, this is "
+              f"{torch.__version__}", file=sys.stderr)
+    busy = _busy_warning(table.meta["device"], threads)
+    if busy:
+        print(f"warning: {busy}", file=sys.stderr)
+    log = RunLog(Path(args.log) if args.log else out.with_suffix(".log"))
+    if busy:
+        log(f"warning: {busy}")
+    log(f"run: {' '.join(shlex.quote(a) for a in (sys.argv if argv is None else ['profile_latency.py', *argv]))}")
+    log(f"table {out} ({'resumed, ' + str(len(table)) + ' entries' if resumed else 'new'}); device "
+        f"{table.meta['device']} {table.meta['device_name']!r}, batch {batch}, resolution {resolution}, threads "
+        f"{threads}, protocol warm-up {protocol['warmup']} / samples {protocol['samples']}; {len(keys)} keys")
+    try:
+        counts = profile(table, keys, filtered, args, log)
+        if networks:
+            counts["networks"] = profile_networks(table, networks, args, log)
+    finally:
+        log.close()
+    print(f"{out}: measured {counts['measured']}, already present {counts['present']}, skipped {counts['skipped']} "
+          f"(see {log.path}); {len(table)} entries, {counts['seconds']:.0f} s"
+          + (f"; {counts['networks']} networks measured end to end" if networks else ""), file=sys.stderr)
+
+
+def _busy_warning(device: str, threads: int) -> str | None:
+    """A warning when other work already loads the CPU (the timings would be inflated and noisy)."""
+    load, cores = load_average(), os.cpu_count() or 1
+    if device != "cpu" or load is None or load + threads <= cores + 0.5:
+        return None
+    return (f"the machine is busy (load average {load:g} on {cores} cores, {threads} thread(s) wanted): block "
+            "timings will be inflated; stop other work or profile later")
+
+
+def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: argparse.Namespace,
+            log: RunLog) -> dict[str, Any]:
+    """Measure the keys family by family into ``table``, saving after every change; returns counts.
+
+    With ``--rounds R`` the whole key list is measured R times in separate passes (so a slow spell of the machine
+    hits one pass, not one block); an entry keeps every round and shows the round with the median mean.
+    """
+    meta, protocol = table.meta, table.meta["protocol"]
+    counts = {"measured": 0, "present": 0, "skipped": 0}
+    start = time.time()
+    groups = family_groups(keys)
+    progress = ProgressLine(len(keys) * args.rounds, enabled=not args.quiet)
+    try:
+        for round_index in range(args.rounds):
+            for index, (family, group) in enumerate(groups):
+                measured_here = 0
+                for key in group:
+                    done = table.rounds_of(key)
+                    if done > round_index:
+                        if round_index == 0 and done >= args.rounds:
+                            counts["present"] += 1
+                            log(f"present {key} (already in the table)")
+                        progress.update(f"{key} present")
+                        continue
+                    reason = None if done else _skip_reason(table, key, filtered, args)
+                    if reason is None:
+                        try:
+                            stats = measure_block(key, meta["batch"], meta["device"], protocol["warmup"],
+                                                  protocol["samples"], meta["threads"], dtype=meta["dtype"],
+                                                  channels_last=meta["memory_format"] == "channels_last",
+                                                  max_first5_ms=None if done else args.max_ms, trim=protocol["trim"])
+                        except RuntimeError as exc:  # e.g. out of memory on a small device: log it, go on
+                            reason = f"error while measuring: {str(exc).splitlines()[0][:200]}"
+                            table.skip(key, reason, filter="error")
+                        else:
+                            measured_here += 1
+                            if stats["aborted"]:
+                                reason = (f"mean of first 5 samples {stats['first5_ms']:.3f} ms > --max-ms "
+                                          f"{args.max_ms:g}")
+                                table.skip(key, reason, filter="max_ms", first5_ms=round(stats["first5_ms"], 6))
+                    if reason is not None:
+                        counts["skipped"] += 1
+                        table.save()
+                        log(f"skipped {key}: {reason}")
+                        progress.update(f"{key} skipped")
+                        continue
+                    table.add_round(key, stats)
+                    table.save()
+                    counts["measured"] += 1
+                    log(f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
+                        f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} "
+                        f"first5={stats['first5_ms']:.4f} round={round_index + 1} load={load_average()}")
+                    progress.update(f"{key} {stats['mean_ms']:.3f} ms")
+                last = round_index == args.rounds - 1 and index == len(groups) - 1
+                if args.rest > 0 and measured_here and not last:
+                    log(f"rest {args.rest:g} s after the {family} blocks")
+                    time.sleep(args.rest)
+    finally:
+        progress.close()
+        counts["seconds"] = time.time() - start
+        log(f"done: measured {counts['measured']}, present {counts['present']}, skipped {counts['skipped']} in "
+            f"{counts['seconds']:.1f} s")
+    return counts
+
+
+def _skip_reason(table: TableFile, key: str, filtered: dict[str, str], args: argparse.Namespace) -> str | None:
+    """Why a key that has no entry yet is not measured (and record it in the table), or ``None``."""
+    if key in filtered:
+        table.skip(key, filtered[key], filter="channel_ratio")
+        return filtered[key]
+    earlier = table.skipped.get(key, {})
+    if args.max_ms is not None and earlier.get("filter") == "max_ms" and earlier.get("first5_ms", 0) > args.max_ms:
+        reason = (f"mean of first 5 samples {earlier['first5_ms']:.3f} ms > --max-ms {args.max_ms:g} (measured in an "
+                  "earlier run)")
+        table.skip(key, reason, filter="max_ms", first5_ms=earlier["first5_ms"])
+        return reason
+    return None
+
+
+def profile_networks(table: TableFile, networks: list[tuple[Arch, str]], args: argparse.Namespace,
+                     log: RunLog) -> int:
+    """Measure whole networks end to end (interleaved rounds) into ``table.networks``; returns how many."""
+    todo = []
+    for arch, role in networks:
+        known = table.networks.get(arch.name)
+        if known is None:
+            todo.append((arch, role))
+        elif known["arch"] != arch.to_dict():
+            raise FaceNASError(f"{table.path}: network {arch.name!r} is stored with another architecture; rename it "
+                               "or write to another --out")
+        else:
+            log(f"present network {arch.name}")
+    if not todo:
+        return 0
+    meta, protocol = table.meta, table.meta["protocol"]
+    channels_last = meta["memory_format"] == "channels_last"
+    modules = {arch.name: deploy_backbone(arch, channels_last) for arch, _ in todo}
+    side = table.input_size
+    progress = ProgressLine(len(todo) * args.repeats, enabled=not args.quiet)
+    try:
+        results = measure_interleaved(
+            modules, (meta["batch"], 3, side, side), args.repeats, args.seed, lambda: progress.update("network"),
+            device=meta["device"], warmup=protocol["warmup"], samples=protocol["samples"], threads=meta["threads"],
+            dtype=meta["dtype"], channels_last=channels_last, trim=protocol["trim"])
+    finally:
+        progress.close()
+    for arch, role in todo:
+        stats = results[arch.name]
+        table.add_network(arch.name, arch.to_dict(), stats, role)
+        log(f"network {arch.name} ({role}) measured={stats['measured_ms']:.4f} ms rounds={stats['rounds_ms']} "
+            f"spread={stats['spread']:.1f}%")
+    table.save()
+    return len(todo)
+
+
+if __name__ == "__main__":
+    run_cli(main)
