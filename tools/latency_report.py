@@ -1,0 +1,397 @@
+"""How good is the latency predictor? Predicted (sum of table entries) vs measured end-to-end backbone latency.
+
+Every network is measured whole, in its deployed form (BatchNorm folded, the table's memory format), on its
+``forward_features`` path (first conv .. last conv, exactly the blocks the prediction sums), with the table's protocol,
+batch, resolution and threads. Measurements are interleaved: ``--repeats`` rounds, each over all networks in a fresh
+random order, and a network's latency is the median of its round means; the spread between rounds is reported, so
+machine noise is visible next to predictor error.
+
+Prints per network: predicted raw (plain sum) and calibrated (sum x the table's scale + its offset, 0 unless
+``--calibration affine``), measured, errors; and per group: MAPE, share within 5% and 10%, Spearman rank
+correlation (scipy). ``--fit-calibration`` fits the calibration (one scale per table by default) on
+networks drawn with another seed (never the reported ones), stores it in the table's metadata and reports before and
+after on the others. For a device the project does not run on (a Raspberry Pi), ``profile_latency.py
+--random-archs N --fit-archs M`` measures whole networks there and ``--from-table`` reports on them.
+
+Examples::
+
+    python tools/latency_report.py --latency-table bench/tables/rpi4_cpu.json --random 30 --seed 0 \\
+        --models R12_V3_HS R11_V2_HS mobilenetv1_0.25 --fit-calibration --json report.json
+    python tools/latency_report.py --latency-table t.json --arch search_out/arch.json
+    python tools/latency_report.py --latency-table rpi4_from_the_pi.json --from-table --fit-calibration
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scipy.stats import spearmanr  # noqa: E402
+
+from models import published_arch  # noqa: E402
+from models.arch import Arch  # noqa: E402
+from nas.cost import arch_keys, predict_latency  # noqa: E402
+from nas.latency_table import LatencyTable  # noqa: E402
+from nas.measure import deploy_backbone, load_average, measure_interleaved  # noqa: E402
+from nas.random_arch import random_archs, space_by_name  # noqa: E402
+from nas.spaces import PRESETS, preset_spaces  # noqa: E402
+from utils.atomic import atomic_write_json  # noqa: E402
+from utils.errors import FaceNASError, run_cli  # noqa: E402
+
+CALIBRATION_METHODS = ("median", "lsq", "affine")
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def accuracy(predicted: list[float], measured: list[float]) -> dict[str, Any]:
+    """MAPE (%), shares within 5% / 10% (%), Spearman, mean signed error (%) and count."""
+    n = len(predicted)
+    if n == 0:
+        return {"n": 0}
+    errors = [(p - m) / m * 100.0 for p, m in zip(predicted, measured)]
+    rho = spearmanr(predicted, measured).statistic if n >= 3 else float("nan")
+    return {
+        "n": n,
+        "mape": sum(abs(e) for e in errors) / n,
+        "within5": 100.0 * sum(abs(e) <= 5 for e in errors) / n,
+        "within10": 100.0 * sum(abs(e) <= 10 for e in errors) / n,
+        "spearman": None if rho != rho else float(rho),
+        "bias": sum(errors) / n,
+        "max_abs": max(abs(e) for e in errors),
+    }
+
+
+def fit_calibration(predicted: list[float], measured: list[float], method: str = "median") -> tuple[float, float]:
+    """A calibration ``(scale, offset_ms)`` so that scale x predicted + offset ~ measured.
+
+    ``median``: scale = median of measured/predicted, no offset; robust to a few networks hit by machine noise (the
+    default). ``lsq``: least squares on the relative error, minimising sum((s p_i - m_i) / m_i)^2, which gives
+    s = sum(r_i) / sum(r_i^2) with r_i = p_i / m_i. ``affine``: the same least squares with an offset, for a cost every
+    network pays once and no block table sees (on CPU: the stem's high-resolution buffers run colder in the network
+    than alone); fitted in closed form on the relative error.
+    """
+    if not predicted:
+        raise FaceNASError("no networks to fit the calibration on")
+    if method == "median":
+        return statistics.median(m / p for p, m in zip(predicted, measured)), 0.0
+    ratios = [p / m for p, m in zip(predicted, measured)]
+    if method == "lsq":
+        return sum(ratios) / sum(r * r for r in ratios), 0.0
+    if method == "affine":
+        # normal equations of min sum (s*u_i + c*v_i - 1)^2 with u_i = p_i/m_i, v_i = 1/m_i
+        inverse = [1.0 / m for m in measured]
+        suu = sum(u * u for u in ratios)
+        svv = sum(v * v for v in inverse)
+        suv = sum(u * v for u, v in zip(ratios, inverse))
+        det = suu * svv - suv * suv
+        if len(predicted) < 3 or det <= 1e-12 * suu * svv:
+            raise FaceNASError("the affine calibration needs at least 3 networks of different sizes")
+        scale = (sum(ratios) * svv - sum(inverse) * suv) / det
+        offset = (sum(inverse) * suu - sum(ratios) * suv) / det
+        if scale <= 0:
+            raise FaceNASError(f"the affine fit gave a non-positive scale ({scale:.3f}); use --calibration median")
+        return scale, offset
+    raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+
+
+def fit_scale(predicted: list[float], measured: list[float], method: str = "median") -> float:
+    """The scale of :func:`fit_calibration` (for the scale-only methods)."""
+    return fit_calibration(predicted, measured, method)[0]
+
+
+# ------------------------------------------------------------------------------------------------ networks
+def collect_networks(args: argparse.Namespace, table: LatencyTable) -> list[dict[str, Any]]:
+    """Networks to report, each ``{"arch", "group", "role"}``; role is ``fit`` or ``validate``."""
+    nets: list[dict[str, Any]] = []
+    for path in args.arch:
+        nets.append({"arch": Arch.load(path), "group": "given", "role": "validate"})
+    for name in args.models:
+        nets.append({"arch": published_arch(name), "group": "registered", "role": "validate"})
+    if args.random or args.fit_calibration:
+        names = args.space or []
+        if not names:
+            preset = table.meta.get("preset")
+            if preset not in PRESETS:
+                raise FaceNASError(f"{table.path} names no preset; pass --space NAME for the random networks")
+            names = [PRESETS[preset]["default_experiment"]]
+        spaces = []
+        for name in names:
+            if name.lower() == "all":
+                preset = table.meta.get("preset")
+                if preset not in PRESETS:
+                    raise FaceNASError(f"{table.path} names no preset, so --space all means nothing; name spaces")
+                spaces += preset_spaces(preset)
+            else:
+                spaces.append(space_by_name(name))
+        validate = random_archs(spaces, args.random, args.seed, prefix="val")
+        nets += [{"arch": a, "group": "random", "role": "validate"} for a in validate]
+        if args.fit_calibration:
+            taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in validate}
+            fit_count = args.fit_random if args.fit_random is not None else max(args.random, 10)
+            fit = random_archs(spaces, fit_count, args.fit_seed, prefix="fit", exclude=taken)
+            nets += [{"arch": a, "group": "fit", "role": "fit"} for a in fit]
+    if not nets:
+        raise FaceNASError("no networks: give --arch FILE, --models NAME or --random N")
+    names = [n["arch"].name for n in nets]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise FaceNASError(f"network name(s) given twice: {', '.join(sorted(duplicates))}")
+    return nets
+
+
+def networks_from_table(table: LatencyTable) -> list[dict[str, Any]]:
+    """Networks the device script measured end to end (``profile_latency.py --random-archs/--fit-archs/--arch``)."""
+    if not table.networks:
+        raise FaceNASError(f"{table.path} holds no whole networks; measure some on the device with "
+                           "profile_latency.py --random-archs 30 --fit-archs 30 --out TABLE")
+    nets = []
+    for name, record in table.networks.items():
+        arch = Arch.from_dict(record["arch"], f"{table.path}: network {name}")
+        group = "fit" if record["role"] == "fit" else ("random" if "choices" in arch.meta else "given")
+        nets.append({"arch": arch, "group": group, "role": record["role"], "rounds_ms": record["rounds_ms"],
+                     "measured_ms": record["measured_ms"], "spread": record["spread"]})
+    return nets
+
+
+def measure_networks(nets: list[dict[str, Any]], table: LatencyTable, repeats: int, seed: int,
+                     progress: bool = True) -> None:
+    """Measure every network end to end here (``nas.measure.measure_interleaved``) and store the results in it."""
+    meta, protocol = table.meta, table.meta["protocol"]
+    channels_last = meta["memory_format"] == "channels_last"
+    modules = {net["arch"].name: deploy_backbone(net["arch"], channels_last) for net in nets}
+    bar = _bar(len(nets) * repeats, progress)
+    results = measure_interleaved(
+        modules, (table.batch, 3, table.input_size, table.input_size), repeats, seed,
+        None if bar is None else lambda: bar.update(1), device=meta["device"], warmup=protocol["warmup"],
+        samples=protocol["samples"], threads=meta.get("threads"), dtype=meta["dtype"], channels_last=channels_last,
+        trim=protocol["trim"])
+    if bar is not None:
+        bar.close()
+    for net in nets:
+        net.update(results[net["arch"].name])
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="measuring networks", unit="run", leave=False)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    intro, _, rest = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(description=intro, epilog=rest,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency-table", required=True, metavar="TABLE",
+                        help="the latency table (must have been measured on this machine)")
+    parser.add_argument("--arch", nargs="+", default=[], metavar="FILE", help="architecture JSON files")
+    parser.add_argument("--models", nargs="+", default=[], metavar="NAME",
+                        help="published backbones by name, e.g. R12_V3_HS R11_V2_HS mobilenetv1_0.25")
+    parser.add_argument("--random", type=int, default=0, metavar="N",
+                        help="N random architectures drawn uniformly per edge (Zero included) (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random architectures (default: 0)")
+    parser.add_argument("--space", action="append", metavar="NAME",
+                        help="space(s) to draw from, repeatable, round-robin; _HS suffix allowed; 'all' = every "
+                             "experiment of the table's preset and its _HS form (default: the preset's default "
+                             "experiment)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved measurement rounds per network; the median is reported (default: 3)")
+    parser.add_argument("--fit-calibration", action="store_true",
+                        help="fit one scale on separate random networks (--fit-random, --fit-seed), store it in the "
+                             "table's metadata and report before/after on the other networks (default: off)")
+    parser.add_argument("--fit-random", type=int, metavar="N",
+                        help="networks to fit on (default: as many as --random, at least 10)")
+    parser.add_argument("--fit-seed", type=int, default=1000,
+                        help="seed of the fitting networks, distinct from --seed (default: 1000)")
+    parser.add_argument("--calibration", choices=CALIBRATION_METHODS, default="median",
+                        help="median: scale = median of measured/predicted (robust to noisy runs); lsq: scale by "
+                             "least squares on the relative error; affine: scale and a per-network offset by the same "
+                             "least squares (default: median)")
+    parser.add_argument("--no-fill", action="store_true",
+                        help="fail on blocks missing from the table instead of measuring them here (internal mode, "
+                             "the default)")
+    parser.add_argument("--from-table", action="store_true",
+                        help="report on the whole networks stored in the table by profile_latency.py --random-archs/"
+                             "--fit-archs/--arch on the device, instead of measuring here (for a table of another "
+                             "device; default: measure here)")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.repeats < 1 or args.random < 0:
+        raise FaceNASError("--repeats must be >= 1 and --random >= 0")
+    if args.fit_seed == args.seed and args.fit_calibration and not args.from_table:
+        raise FaceNASError("--fit-seed must differ from --seed so that the fitting networks are not the reported ones")
+    start, load_start = time.time(), load_average()
+    table = LatencyTable.load(args.latency_table)
+    if table.metric != "latency":
+        raise FaceNASError(f"{table.path} is a {table.metric} table; the report compares measured latency")
+    if args.from_table:
+        if args.arch or args.models or args.random:
+            raise FaceNASError("--from-table reports on the networks stored in the table; drop --arch, --models and "
+                               "--random (measure more networks on the device instead)")
+        nets = networks_from_table(table)
+    else:
+        table.check_this_machine()
+        nets = collect_networks(args, table)
+
+    keys = [key for net in nets for _, key in arch_keys(net["arch"], table.input_size)]
+    missing = table.missing(keys)
+    if missing:
+        if args.no_fill:
+            raise FaceNASError(f"{table.path}: {len(missing)} block(s) missing, e.g. {missing[0]}; drop --no-fill to "
+                               "measure them here, or run profile_latency.py --names ...")
+        print(f"internal mode: measuring {len(missing)} block(s) missing from {table.path}", file=sys.stderr)
+        table.measure_missing(missing, progress=not args.quiet, log=table.path.with_suffix(".log"))
+
+    if not args.from_table:
+        measure_networks(nets, table, args.repeats, args.seed, progress=not args.quiet)
+    for net in nets:
+        net["predicted_raw_ms"] = predict_latency(net["arch"], table, calibrated=False)
+        net["blocks"] = len(net["arch"].resolve(table.input_size))
+
+    old_scale, old_offset = table.scale, table.offset_ms
+    calibration = None
+    comparison = None
+    if args.fit_calibration:
+        fit = [n for n in nets if n["role"] == "fit"]
+        if not fit:
+            raise FaceNASError(f"{table.path}: no networks with role 'fit' to fit the calibration on; measure some on "
+                               "the device with profile_latency.py --fit-archs N")
+        raw_p = [n["predicted_raw_ms"] for n in fit]
+        meas = [n["measured_ms"] for n in fit]
+        scale, offset = fit_calibration(raw_p, meas, args.calibration)
+        calibration = {
+            "method": args.calibration, "n": len(fit), "fit_seed": args.fit_seed,
+            "spaces": sorted({n["arch"].meta.get("space") for n in fit}),
+            "repeats": min(len(n["rounds_ms"]) for n in fit), "fit_mape_before": accuracy(raw_p, meas)["mape"],
+            "fit_mape_after": accuracy([scale * p + offset for p in raw_p], meas)["mape"],
+        }
+        table.set_calibration(scale, offset, **calibration)
+        table.save()
+        calibration.update(scale=scale, offset_ms=offset)
+        comparison = compare_methods(fit, [n for n in nets if n["role"] == "validate"])
+    scale, offset = table.scale, table.offset_ms
+    for net in nets:
+        net["predicted_ms"] = net["predicted_raw_ms"] * scale + offset
+        net["error_raw"] = (net["predicted_raw_ms"] / net["measured_ms"] - 1) * 100.0
+        net["error_cal"] = (net["predicted_ms"] / net["measured_ms"] - 1) * 100.0
+
+    summary = summarize_groups(nets)
+    retest = None
+    if all(len(n["rounds_ms"]) >= 2 for n in nets):
+        first = [n["rounds_ms"][0] for n in nets]
+        second = [n["rounds_ms"][1] for n in nets]
+        retest = float(spearmanr(first, second).statistic) if len(nets) >= 3 else None
+    print_report(nets, summary, table, scale, old_scale, calibration, retest)
+    if comparison:
+        print("calibration methods fitted on the same networks, scored on the validation networks:")
+        for method, result in comparison.items():
+            if "error" in result:
+                print(f"  {method:<7} {result['error']}")
+                continue
+            acc = result["validation"]
+            print(f"  {method:<7} scale {result['scale']:.4f} offset {result['offset_ms']:+.3f} ms: MAPE "
+                  f"{acc['mape']:.1f}%, within 5% {acc['within5']:.0f}%, within 10% {acc['within10']:.0f}%")
+    if args.json:
+        report = {
+            "table": str(table.path), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "device": table.meta["device"], "device_name": table.meta["device_name"], "threads": table.meta["threads"],
+            "batch": table.batch, "resolution": table.input_size, "protocol": table.meta["protocol"],
+            "repeats": min(len(n["rounds_ms"]) for n in nets), "from_table": args.from_table,
+            "scale_before": old_scale, "offset_before_ms": old_offset, "scale": scale, "offset_ms": offset,
+            "calibration": calibration, "method_comparison": comparison,
+            "retest_spearman": retest, "seconds": time.time() - start, "load_average": [load_start, load_average()],
+            "summary": summary,
+            "networks": [{k: (v.name if k == "arch" else v) for k, v in n.items()} | {"arch_dict": n["arch"].to_dict()}
+                         for n in nets],
+        }
+        atomic_write_json(args.json, report)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+def compare_methods(fit: list[dict[str, Any]], validate: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every calibration method fitted on ``fit`` and scored on ``validate`` (to choose one with evidence)."""
+    out: dict[str, Any] = {}
+    raw_p = [n["predicted_raw_ms"] for n in fit]
+    meas = [n["measured_ms"] for n in fit]
+    for method in CALIBRATION_METHODS:
+        try:
+            scale, offset = fit_calibration(raw_p, meas, method)
+        except FaceNASError as exc:
+            out[method] = {"error": str(exc)}
+            continue
+        out[method] = {"scale": scale, "offset_ms": offset, "validation": accuracy(
+            [scale * n["predicted_raw_ms"] + offset for n in validate], [n["measured_ms"] for n in validate])}
+    return out
+
+
+def summarize_groups(nets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy before (raw) and after (calibrated) calibration per group and over every validation network."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for net in nets:
+        groups.setdefault(net["group"], []).append(net)
+    groups["all_validation"] = [n for n in nets if n["role"] == "validate"]
+    out = {}
+    for name, members in groups.items():
+        if not members:
+            continue
+        meas = [n["measured_ms"] for n in members]
+        out[name] = {
+            "raw": accuracy([n["predicted_raw_ms"] for n in members], meas),
+            "calibrated": accuracy([n["predicted_ms"] for n in members], meas),
+            "median_spread": statistics.median(n["spread"] for n in members),
+        }
+    return out
+
+
+def print_report(nets: list[dict[str, Any]], summary: dict[str, Any], table: LatencyTable, scale: float,
+                 old_scale: float, calibration: dict[str, Any] | None, retest: float | None) -> None:
+    meta = table.meta
+    print(f"table {table.path}: {meta['device']} {meta['device_name']!r}, threads {meta['threads']}, batch "
+          f"{table.batch}, {table.input_size}x{table.input_size}, protocol {meta['protocol']['warmup']}/"
+          f"{meta['protocol']['samples']}")
+    header = f"{'network':<28} {'role':<8} {'blocks':>6} {'pred raw':>9} {'pred cal':>9} {'measured':>9} " \
+             f"{'spread%':>7} {'err raw%':>8} {'err cal%':>8}"
+    print(header)
+    print("-" * len(header))
+    for net in sorted(nets, key=lambda n: (n["role"] != "validate", n["group"], n["arch"].name)):
+        print(f"{net['arch'].name[:28]:<28} {net['role']:<8} {net['blocks']:>6} {net['predicted_raw_ms']:>9.3f} "
+              f"{net['predicted_ms']:>9.3f} {net['measured_ms']:>9.3f} {net['spread']:>7.1f} {net['error_raw']:>+8.1f} "
+              f"{net['error_cal']:>+8.1f}")
+    print()
+    if calibration:
+        print(f"calibration: scale {calibration['scale']:.4f}, offset {calibration['offset_ms']:+.3f} ms "
+              f"({calibration['method']}) fitted on {calibration['n']} "
+              f"networks (seed {calibration['fit_seed']}); fit-set MAPE {calibration['fit_mape_before']:.1f}% -> "
+              f"{calibration['fit_mape_after']:.1f}%; stored in {table.path}")
+    else:
+        print(f"calibration of the table: scale {scale:.4f}, offset {table.offset_ms:+.3f} ms"
+              + ("" if table.meta.get("calibration") else " (none fitted)"))
+    print(f"{'group':<16} {'n':>3} {'MAPE raw':>9} {'MAPE cal':>9} {'<=5% raw':>9} {'<=5% cal':>9} {'<=10% raw':>10} "
+          f"{'<=10% cal':>10} {'Spearman':>9} {'bias raw':>9} {'spread':>7}")
+    for name, s in summary.items():
+        raw, cal = s["raw"], s["calibrated"]
+        rho = "-" if raw["spearman"] is None else f"{raw['spearman']:.3f}"
+        print(f"{name:<16} {raw['n']:>3} {raw['mape']:>8.1f}% {cal['mape']:>8.1f}% {raw['within5']:>8.0f}% "
+              f"{cal['within5']:>8.0f}% {raw['within10']:>9.0f}% {cal['within10']:>9.0f}% {rho:>9} "
+              f"{raw['bias']:>+8.1f}% {s['median_spread']:>6.1f}%")
+    if retest is not None:
+        print(f"test-retest Spearman of measured latency (round 1 vs round 2): {retest:.3f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
