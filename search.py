@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
         gap = 100 * (result["predicted"] - args.target) / args.target
         log.info(f"predicted backbone {table.meta.get('metric', 'latency')}: {result['predicted']:.3f} {unit} "
                  f"(target {args.target:g} {unit}, {gap:+.1f}%) on {table.meta.get('device_name')}")
+        confidence = arch.meta["confidence"]
+        if abs(gap) > 5 and confidence < 0.8:
+            log.info(f"the probabilities have not settled (mean largest probability {confidence:.2f}): the argmax "
+                     "network can then differ from the expected latency the loss steered; more search epochs "
+                     f"(--resume --search-epochs N) bring them together")
         log.info(f"wrote {out_dir / 'arch.json'}; next: python train.py --model {out_dir / 'arch.json'}")
         if not on_gpu:
             log.info("scale up: with WIDER FACE and GPUs run e.g. `torchrun --nproc_per_node 8 search.py "

@@ -64,10 +64,10 @@ def edge_costs(space: SearchSpace, table, measure_missing: bool = False) -> Edge
         missing = table.missing(list(dict.fromkeys(wanted)))
         if missing:
             table.measure_missing(missing)
-    fixed = sum(table.latency(k) for k in fixed_keys)
+    # a calibrated table may carry a per-network offset (affine calibration): it belongs to the fixed part, once
+    fixed = sum(table.latency(k) for k in fixed_keys) + float(getattr(table, "offset_ms", 0.0) or 0.0)
     costs = [torch.tensor([0.0 if k is None else table.latency(k) for k in keys]) for keys in edge_keys]
-    unit = getattr(table, "meta", {}).get("unit", "ms") if isinstance(getattr(table, "meta", None), dict) else "ms"
-    return EdgeCosts(fixed, costs, unit)
+    return EdgeCosts(fixed, costs, getattr(table, "unit", "ms"))
 
 
 def expected_latency(net: SuperNet, costs: EdgeCosts, p1: float = 0.5, use_paths: bool = True) -> torch.Tensor:

@@ -235,7 +235,7 @@ class Searcher:
         choices = [e.argmax() for e in self.net.edges]
         probs = [[round(float(p), 4) for p in e.probs.detach().cpu()] for e in self.net.edges]
         return {"expected_full": full, "argmax_cost": self.costs.of_paths(choices),
-                "argmax": self.net.describe_argmax(), "probs": probs}
+                "argmax": self.net.describe_argmax(), "probs": probs, "confidence": _confidence(probs)}
 
     def _bar(self, steps: int, epoch: int, total: int, warmup: bool):
         if not (self.s.progress and self.dist.is_main):
@@ -264,7 +264,7 @@ class Searcher:
         if "expected" in summary:
             text += f", L_lat {summary['lat_loss']:.4f}, E(step) {summary['expected']:.3f} {unit}"
         text += (f", E(full) {summary['expected_full']:.3f} {unit}, argmax {summary['argmax_cost']:.3f} {unit} "
-                 f"(target {self.s.target:g}) [{summary['argmax']}]")
+                 f"(target {self.s.target:g}), confidence {summary['confidence']:.2f} [{summary['argmax']}]")
         self.log.info(text)
 
     # --------------------------------------------------------------------------------------------- checkpoints
@@ -348,11 +348,17 @@ class Searcher:
             "settings": {k: v for k, v in asdict(self.s).items() if k not in ("progress", "extra")},
             "probabilities": [[round(float(p), 4) for p in e.probs.detach().cpu()] for e in self.net.edges],
         }
+        meta["confidence"] = _confidence(meta["probabilities"])
         arch = self.net.derive(f"{self.space.name}_T{self.s.target:g}", meta)
         if self.dist.is_main:
             arch.save(self.out / "arch.json")
             _plot_history(self.history, self.s.target, self.costs.unit, self.out / "search.png")
         return {"arch": arch, "predicted": predicted, "target": self.s.target}
+
+
+def _confidence(probs: list[list[float]]) -> float:
+    """Mean over edges of the largest probability: 1 when every edge has settled on one candidate."""
+    return sum(max(p) for p in probs) / len(probs)
 
 
 def _plot_history(history: list[dict[str, Any]], target: float, unit: str, path: Path) -> None:
