@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/atomic.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, nas/spaces.py, nas/table_file.py, nas/measure.py, nas/random_arch.py, nas/profile_cli.py
+# Embedded sources: utils/errors.py, utils/atomic.py, utils/jsonfile.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, nas/spaces.py, nas/table_file.py, nas/measure.py, nas/random_arch.py, nas/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -113,6 +113,47 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 # -------------------------------------------------- end utils/atomic.py
+
+
+# -------------------------------------------------- begin utils/jsonfile.py
+"""Reading a JSON file with one-line errors that name the file (and the line of a syntax error).
+
+Standard library only: ``profile_latency.py`` embeds it.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+
+def read_json(path: str | os.PathLike, what: str, missing_hint: str = "") -> tuple[Any, str]:
+    """Parse ``path`` and return ``(data, text)``; the raw text lets callers point later errors at a line.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages ("latency table", "architecture file", ...).
+        missing_hint: what to do when the file does not exist (appended after "not found; ").
+
+    Raises:
+        FaceNASError: missing, unreadable, not UTF-8 or not valid JSON (``FILE:LINE: ...``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FaceNASError(f"{path}: {what} not found" + (f"; {missing_hint}" if missing_hint else "")) from None
+    except OSError as exc:
+        raise FaceNASError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise FaceNASError(f"{path}: not a text file; a {what} is UTF-8 JSON") from None
+    try:
+        return json.loads(text), text
+    except json.JSONDecodeError as exc:
+        raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); repair the file or write a new "
+                           f"{what}") from None
+# -------------------------------------------------- end utils/jsonfile.py
 
 
 # -------------------------------------------------- begin models/naming.py
@@ -607,7 +648,6 @@ stored: they follow from the chain and the input resolution (:meth:`Arch.resolve
 Standard library only (plus project naming and errors), so the file can travel with ``profile_latency.py``.
 """
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -800,15 +840,7 @@ class Arch:
     @classmethod
     def load(cls, path: str | Path) -> Arch:
         """Read an architecture JSON file (errors name the file, and the line for JSON syntax errors)."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise FaceNASError(f"{path}: cannot read architecture file ({exc.strerror})") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        data, _ = read_json(path, "architecture file")
         return cls.from_dict(data, str(path))
 
     def save(self, path: str | Path) -> None:
@@ -1031,7 +1063,6 @@ blocks; FaceNAS follows the table by default (``se_rule="all"``) and offers ``"e
 Standard library only: ``profile_latency.py`` embeds this file to enumerate the blocks of a preset.
 """
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1363,13 +1394,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise FaceNASError(f"{path}: cannot read search space ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        data, _ = read_json(path, "search space file")
         return cls.from_dict(data, str(path))
 
 
@@ -1440,7 +1465,6 @@ Standard library only (plus naming): ``profile_latency.py`` embeds this file.
 """
 
 import datetime
-import json
 import math
 import os
 from pathlib import Path
@@ -1532,21 +1556,8 @@ class TableFile:
             FaceNASError: missing file, malformed JSON (``file:line``), wrong schema, types or values (one line naming
                 the file, the line where it can be found and what to do).
         """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise FaceNASError(f"{path}: latency table not found; create it with profile_latency.py --out {path} "
-                               "(or nas.cost for a FLOPs/params/acts table)") from None
-        except OSError as exc:
-            raise FaceNASError(f"{path}: cannot read the table ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise FaceNASError(f"{path}: not a text file; a latency table is UTF-8 JSON") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); repair the file or re-run the "
-                               "profiler into a new file") from None
+        data, text = read_json(path, "latency table", f"create it with profile_latency.py --out {path} (or "
+                               "nas.cost for a FLOPs/params/acts table)")
         return cls.from_data(data, path, text)
 
     @classmethod

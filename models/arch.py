@@ -14,7 +14,6 @@ Standard library only (plus project naming and errors), so the file can travel w
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from models.naming import BlockSpec, format_block, format_shortcut, parse_block, parse_shortcut
 from utils.atomic import atomic_write_json
 from utils.errors import FaceNASError
+from utils.jsonfile import read_json
 
 ARCH_FORMAT = "facenas-arch/1"
 FPN_REDUCTIONS = (8, 16, 32)
@@ -210,15 +210,7 @@ class Arch:
     @classmethod
     def load(cls, path: str | Path) -> Arch:
         """Read an architecture JSON file (errors name the file, and the line for JSON syntax errors)."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise FaceNASError(f"{path}: cannot read architecture file ({exc.strerror})") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        data, _ = read_json(path, "architecture file")
         return cls.from_dict(data, str(path))
 
     def save(self, path: str | Path) -> None:

@@ -17,13 +17,13 @@ Standard library only: ``profile_latency.py`` embeds this file to enumerate the 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from models.naming import BlockSpec, format_block, parse_block
 from utils.errors import FaceNASError
+from utils.jsonfile import read_json
 
 SPACE_FORMAT = "facenas-space/1"
 STAGE_FAMILIES = ("MBV1", "MBV2", "BL", "KK", "DK")
@@ -351,13 +351,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise FaceNASError(f"{path}: cannot read search space ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        data, _ = read_json(path, "search space file")
         return cls.from_dict(data, str(path))
 
 

@@ -29,7 +29,6 @@ Standard library only (plus naming): ``profile_latency.py`` embeds this file.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 from models.naming import format_block, parse_block
 from utils.atomic import atomic_write_json
 from utils.errors import FaceNASError
+from utils.jsonfile import read_json
 
 TABLE_FORMAT = "facenas-latency-table/1"
 #: metric -> (entry field holding the value, unit)
@@ -124,21 +124,8 @@ class TableFile:
             FaceNASError: missing file, malformed JSON (``file:line``), wrong schema, types or values (one line naming
                 the file, the line where it can be found and what to do).
         """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise FaceNASError(f"{path}: latency table not found; create it with profile_latency.py --out {path} "
-                               "(or nas.cost for a FLOPs/params/acts table)") from None
-        except OSError as exc:
-            raise FaceNASError(f"{path}: cannot read the table ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise FaceNASError(f"{path}: not a text file; a latency table is UTF-8 JSON") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); repair the file or re-run the "
-                               "profiler into a new file") from None
+        data, text = read_json(path, "latency table", f"create it with profile_latency.py --out {path} (or "
+                               "nas.cost for a FLOPs/params/acts table)")
         return cls.from_data(data, path, text)
 
     @classmethod

@@ -34,6 +34,7 @@ from utils.errors import FaceNASError, run_cli  # noqa: E402
 SOURCES = (
     "utils/errors.py",
     "utils/atomic.py",
+    "utils/jsonfile.py",
     "models/naming.py",
     "models/blocks.py",
     "models/arch.py",
