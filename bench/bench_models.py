@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -24,19 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402  (registers the facenas_* models)
 from models.backbone import deploy_form  # noqa: E402
+from nas.measure import cpu_model  # noqa: E402
 
 THESIS = {"R12_V3_HS / mobile0.25 (Raspberry Pi 4)": 0.61, "TT3_NoSE / ResNet-50 (V100, batch 8)": 0.725,
           "ResNet-50 / mobile0.25 (Raspberry Pi 4)": 7.5}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: str) -> None:
@@ -84,7 +74,7 @@ def main() -> None:
                 times[key].append((time.perf_counter() - start) * 1e3)
     med = {key: statistics.median(v) for key, v in times.items()}
     ref = "resnet50" if device == "cuda" else "facenas_mobilenetv1_025"
-    print(f"machine: {_cpu_name() if device == 'cpu' else torch.cuda.get_device_name()}, threads "
+    print(f"machine: {cpu_model() if device == 'cpu' else torch.cuda.get_device_name()}, threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}, date {datetime.date.today()}")
     print(f"input [{batch},3,{size},{size}] on {device}; median of {args.rounds} interleaved rounds; "
           f"ratio = time / {ref} (same form)\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,17 +32,7 @@ import models  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
 from engine.trainer import StepSchedule, train_step  # noqa: E402
 from models.loss import MultiBoxLoss  # noqa: E402
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux) or platform."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from nas.measure import cpu_model  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -165,7 +154,7 @@ def main() -> None:
     from utils.atomic import atomic_write_json
 
     root = ensure_builtin_dataset()
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "load_avg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}

@@ -14,13 +14,7 @@ from engine.checkpoint import load_detector, model_spec, save_checkpoint
 from engine.inference import EvalSettings, predict_to_folder, preprocess, scale_for_test
 from utils.errors import FaceNASError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
