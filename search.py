@@ -19,7 +19,7 @@ from pathlib import Path
 
 from utils.errors import FaceNASError, run_cli
 
-CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epochs": 5, "arch_lr": 0.03,
+CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epochs": 5, "arch_lr": 0.2,
              "lr": 0.01, "max_steps_per_epoch": None}
 THESIS = {"img_size": 640, "warmup_epochs": 40, "search_epochs": 120, "arch_lr": 1e-3, "lr": 1e-3}
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9, help="weight SGD momentum (default: 0.9)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay of the weights (default: 5e-4)")
     g.add_argument("--arch-lr", type=float, default=None,
-                   help="Adam learning rate of the alphas, betas (0, 0.999) (default: 1e-3, ProxylessNAS; 0.03 for "
+                   help="Adam learning rate of the alphas, betas (0, 0.999) (default: 1e-3, ProxylessNAS; 0.2 for "
                         "the short CPU run, which has ~100x fewer architecture steps)")
     g.add_argument("--holdout-fraction", type=float, default=0.2,
                    help="share of the training images held out for architecture steps (default: 0.2)")
@@ -194,8 +194,9 @@ def _print_start(log, space, table, table_path, costs, settings, on_gpu: bool) -
                     f"({costs.smallest:.3f} {unit}): the search will push every edge to its cheapest candidate")
     elif settings.target > costs.largest:
         log.warning(f"target {settings.target:g} {unit} is above the largest network of this space on this device "
-                    f"({costs.largest:.3f} {unit}): the latency loss then rewards the most expensive candidates, so "
-                    "expect the largest network; lower --target or use a wider space")
+                    f"({costs.largest:.3f} {unit}): the latency loss then pulls every edge toward its most expensive "
+                    "candidate, so expect a network near the largest (how near depends on the search length); "
+                    "lower --target or use a wider space")
     log.info(f"settings ({'GPU' if on_gpu else 'CPU quick run'}): " + ", ".join(
         f"{k}={v}" for k, v in vars(settings).items() if k not in ("extra", "progress", "data_root", "out_dir")))
 
