@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", default=None, help="output folder (default: runs/search_<space>_T<target>)")
     g.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
                    help="resume from OUT/last.pth (no value), OUT/warmup.pth ('warmup') or a checkpoint path")
+    g.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="also keep OUT/epoch_NNNN.pth every N epochs, to resume from that epoch later; 0 keeps only "
+                        "last.pth and warmup.pth (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and path sampling "
                                                        "(default: 0)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -102,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     from nas.searcher import Searcher, SearchSettings
     from nas.spaces import PRESETS, get_space
 
+    # checked before anything is written: a bad target must not leave an empty table or run folder behind
+    if args.target <= 0:
+        raise FaceNASError(f"--target must be positive, got {args.target:g}; give the backbone latency budget in the "
+                           "table's unit (ms for a latency table)")
+    if args.save_every < 0:
+        raise FaceNASError(f"--save-every must be 0 or more, got {args.save_every}")
     dist = init_distributed(args.device)
     table_path = Path(args.latency_table)
     table = LatencyTable.load(table_path) if table_path.exists() else None
@@ -130,8 +139,6 @@ def main(argv: list[str] | None = None) -> None:
                      "on it and pass the file here.")
         barrier(dist)
         table = LatencyTable.load(table_path)
-    if args.target <= 0:
-        raise FaceNASError(f"--target must be positive, got {args.target}")
     if dist.is_main:
         costs = edge_costs(space, table, measure_missing=True)
     barrier(dist)
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         momentum=args.momentum, weight_decay=args.weight_decay, holdout_fraction=args.holdout_fraction,
         seed=args.seed, workers=args.workers if args.workers is not None else (4 if on_gpu else 2),
         amp=args.amp if args.amp is not None else on_gpu, device=str(dist.device), data_root=args.data_root,
-        out_dir=str(out_dir), progress=not args.no_progress, **chosen)
+        out_dir=str(out_dir), progress=not args.no_progress, save_every=args.save_every, **chosen)
 
     if dist.is_main:
         _print_start(log, space, table, table_path, costs, settings, on_gpu)

@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f" ({dist_info.world_size} process(es) x {per_process}), {args.img_size} px, SGD lr {args.lr:g} "
                      f"momentum {args.momentum:g} wd {args.weight_decay:g}, x{args.decay_rate:g} after epochs "
                      f"{args.decay_epochs}, warm-up {args.warmup_epochs:g} epochs")
+            if args.preset == "auto" and args.preset_used == "quick" and args.data_root:
+                log.warning("WIDER FACE on a CPU with the quick preset: this is a smoke run, not the RetinaFace "
+                            "recipe; pass --preset recipe (on a GPU) to reproduce the thesis numbers")
             log.info(f"device {dist_info.device}{' (AMP on)' if args.amp and cuda else ''}, "
                      f"{len(dataset)} training images, seed {args.seed}, workers {args.workers}, "
                      f"{torch.get_num_threads()} threads, out {out_dir}")

@@ -100,9 +100,31 @@ class FaceNASBackbone(nn.Module):
 def deploy_form(model: nn.Module, channels_last: bool = False) -> nn.Module:
     """Inference copy of ``model``: eval mode, every BatchNorm folded into its conv, optionally channels_last.
 
+    FaceNAS blocks fold their own :class:`~models.blocks.ConvBnAct` units and keep their module type. Any other
+    conv -> BatchNorm pair (timm's ResNet-50 baseline, for one) is folded through a ``torch.fx`` trace, which returns
+    a ``GraphModule`` carrying the original ``feature_info``; a model fx cannot trace keeps those BatchNorms.
     Equal to the training form in eval mode up to float rounding (tested to 1e-4).
     """
-    deployed = fuse_bn(copy.deepcopy(model).eval())
+    deployed = _fold_foreign_bn(fuse_bn(copy.deepcopy(model).eval()))
     if channels_last:
         deployed = deployed.to(memory_format=torch.channels_last)
     return deployed
+
+
+def _fold_foreign_bn(module: nn.Module) -> nn.Module:
+    """Fold BatchNorms left outside FaceNAS units with ``torch.fx``; this project's modules keep their type."""
+    if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
+        return module
+    if type(module).__module__.split(".")[0] == "models":  # ours: keep methods (decode, post-process), go inside
+        for name, child in module.named_children():
+            setattr(module, name, _fold_foreign_bn(child))
+        return module
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        traced = fuse(module)
+    except Exception:  # noqa: BLE001 - untraceable control flow: keep the unfolded, still-correct module
+        return module
+    if hasattr(module, "feature_info"):
+        traced.feature_info = module.feature_info
+    return traced.eval()

@@ -145,7 +145,7 @@ def _cfg(description: str, **kwargs: Any) -> dict[str, Any]:
         "std": RETINAFACE_STD,
         "first_conv": "stem.0.body.0.conv",
         "classifier": "head",
-        "license": "apache-2.0",
+        "license": "mit",  # FaceNAS code (LICENSE); no pretrained weights are shipped
         "description": description,
         "paper_name": "FaceNAS: latency-constrained NAS for RetinaFace backbones (thesis, 2023)",
         "notes": ("input is OpenCV BGR minus (104, 117, 123), as RetinaFace; mean/std are listed in BGR order",

@@ -39,7 +39,7 @@ from utils.errors import FaceNASError
 CHECKPOINT_FORMAT = "facenas-search/1"
 # settings a resumed search may change (the thesis resumes from warm-up to try other targets or lambdas)
 RESUMABLE_CHANGES = {"target", "lam", "p1", "loss_form", "arch_lr", "search_epochs", "two_path", "arch_every",
-                     "out_dir", "workers", "progress", "resume", "device", "amp"}
+                     "out_dir", "workers", "progress", "resume", "device", "amp", "save_every"}
 
 
 @dataclass
@@ -70,6 +70,7 @@ class SearchSettings:
     data_root: str | None = None
     out_dir: str = "search_out"
     progress: bool = True
+    save_every: int = 0
     fpn_channels: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -225,7 +226,10 @@ class Searcher:
             self.history.append(summary)
             self.epoch += 1
             self._log_epoch(summary)
-            self.save_checkpoint("warmup.pth" if warmup and self.epoch == self.s.warmup_epochs else None)
+            also = ["warmup.pth"] if warmup and self.epoch == self.s.warmup_epochs else []
+            if self.s.save_every and self.epoch % self.s.save_every == 0:
+                also.append(f"epoch_{self.epoch:04d}.pth")  # resumable later with --resume OUT/epoch_NNNN.pth
+            self.save_checkpoint(also)
         return self.finish()
 
     def _status(self) -> dict[str, Any]:
@@ -249,7 +253,8 @@ class Searcher:
 
     def _postfix(self, sums: dict[str, float], counts: dict[str, int], warmup: bool) -> str:
         mean = {k: sums[k] / counts[k] for k in sums}
-        text = f"loss {mean.get('total', float('nan')):.3f}"
+        text = (f"loss {mean.get('total', float('nan')):.3f} (cls {mean.get('cls', float('nan')):.3f} box "
+                f"{mean.get('box', float('nan')):.3f} lmk {mean.get('landmark', float('nan')):.3f})")
         if not warmup and "expected" in mean:
             unit = self.costs.unit
             text += (f" L_lat {mean['lat_loss']:.3f} E {mean['expected']:.2f}{unit} argmax "
@@ -260,7 +265,8 @@ class Searcher:
     def _log_epoch(self, summary: dict[str, Any]) -> None:
         unit = self.costs.unit
         text = (f"epoch {summary['epoch'] + 1} ({summary['phase']}, {summary['seconds']:.0f} s): "
-                f"loss {summary.get('total', float('nan')):.4f}")
+                f"loss {summary.get('total', float('nan')):.4f} (cls {summary.get('cls', float('nan')):.4f}, box "
+                f"{summary.get('box', float('nan')):.4f}, landmark {summary.get('landmark', float('nan')):.4f})")
         if "expected" in summary:
             text += f", L_lat {summary['lat_loss']:.4f}, E(step) {summary['expected']:.3f} {unit}"
         text += (f", E(full) {summary['expected_full']:.3f} {unit}, argmax {summary['argmax_cost']:.3f} {unit} "
@@ -283,12 +289,12 @@ class Searcher:
             "history": self.history,
         }
 
-    def save_checkpoint(self, also: str | None = None) -> None:
-        """Write ``last.pth`` (and ``also``) atomically on rank 0."""
+    def save_checkpoint(self, also: list[str] | None = None) -> None:
+        """Write ``last.pth`` (and the names in ``also``) atomically on rank 0."""
         if self.dist.is_main:
             buffer = io.BytesIO()
             torch.save(self.state(), buffer)
-            for name in ["last.pth"] + ([also] if also else []):
+            for name in ["last.pth"] + list(also or []):
                 atomic_write(self.out / name, lambda handle: handle.write(buffer.getbuffer()))
             atomic_write_json(self.out / "history.json", self.history)
         if self.dist.distributed:

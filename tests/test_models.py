@@ -189,6 +189,34 @@ def test_deploy_form_equals_training_form() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
 
 
+def test_local_dir_route_of_weights_readme_loads_the_saved_weights(tmp_path) -> None:
+    saved = timm.create_model("facenas_r12_v3_hs")
+    with torch.no_grad():
+        for p in saved.parameters():
+            p.add_(torch.randn_like(p))  # differ from any fresh initialisation
+    timm.models.save_for_hf(saved, tmp_path, safe_serialization=False)
+    plain = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in saved.state_dict().items())
+    features = timm.create_model(f"local-dir:{tmp_path}", pretrained=True, features_only=True)
+    for key, value in features.state_dict().items():  # FeatureListNet flattens stem.0 -> stem_0
+        assert torch.equal(value, saved.state_dict()[key.replace("stem_", "stem.").replace("stages_", "stages.")])
+    assert features.feature_info.reduction() == [8, 16, 32]
+
+
+def test_deploy_form_folds_the_timm_resnet50_baseline_too() -> None:
+    model = models.create_backbone("resnet50").eval()
+    deployed = deploy_form(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), deployed(x)):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    assert deployed.feature_info.reduction() == model.feature_info.reduction()
+    detector = deploy_form(models.build_detector("resnet50").eval())
+    assert isinstance(detector, type(models.build_detector("mobile0.25")))  # methods kept, backbone folded inside
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.modules())
+
+
 def test_published_arch_files_are_valid_json_schema() -> None:
     for name in models.ZOO:
         arch = models.published_arch(name)

@@ -79,14 +79,19 @@ def test_resumed_search_gives_the_same_arch_as_an_uninterrupted_one(tiny) -> Non
     common = ["--latency-table", str(tiny["table"]), "--target", f"{low + 0.3 * (high - low)}", "--space",
               str(tiny["space"]), "--warmup-epochs", "1", "--seed", "7", *QUICK]
     whole, parts = tiny["folder"] / "whole", tiny["folder"] / "parts"
-    _search(common + ["--search-epochs", "2", "--out-dir", str(whole)])
+    _search(common + ["--search-epochs", "2", "--out-dir", str(whole), "--save-every", "1"])
+    assert sorted(p.name for p in whole.glob("epoch_*.pth")) == [f"epoch_{i:04d}.pth" for i in (1, 2, 3)]
     _search(common + ["--search-epochs", "0", "--out-dir", str(parts)])  # stops after warm-up
     _search(common + ["--search-epochs", "1", "--out-dir", str(parts), "--resume", "warmup"])
     _search(common + ["--search-epochs", "2", "--out-dir", str(parts), "--resume"])  # from last.pth
+    # from the end of the first search epoch of the uninterrupted run, into a new folder
+    _search(common + ["--search-epochs", "2", "--out-dir", str(tiny["folder"] / "from_epoch"), "--resume",
+                      str(whole / "epoch_0002.pth")])
     a = json.loads((whole / "arch.json").read_text())
-    b = json.loads((parts / "arch.json").read_text())
-    assert a["stages"] == b["stages"]
-    assert a["meta"]["probabilities"] == b["meta"]["probabilities"]
+    for other in (parts, tiny["folder"] / "from_epoch"):
+        b = json.loads((other / "arch.json").read_text())
+        assert a["stages"] == b["stages"]
+        assert a["meta"]["probabilities"] == b["meta"]["probabilities"]
     assert a["meta"]["probabilities"] != json.loads((parts / "history.json").read_text())[0]["probs"]
 
 
@@ -104,12 +109,40 @@ def test_changing_the_space_on_resume_is_refused(tiny, tmp_path) -> None:
     (["--target", "-3"], "--target must be positive"),
     (["--target", "5", "--space", "R99"], "unknown search space"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tiny, extra: list[str], message: str) -> None:
-    cmd = [sys.executable, str(ROOT / "search.py"), "--latency-table", str(tiny["table"]), *extra]
+def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, extra: list[str], message: str) -> None:
+    cmd = [sys.executable, str(ROOT / "search.py"), "--latency-table", str(tiny["table"]), "--out-dir",
+           str(tmp_path / "run"), *extra]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_missing_table_is_measured_here_and_an_unreachable_target_is_announced(tiny, tmp_path) -> None:
+    table, out = tmp_path / "rpi4.json", tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "search.py"), "--latency-table", str(table), "--target", "1e6", "--space",
+           str(tiny["space"]), "--warmup-epochs", "1", "--search-epochs", "1", "--out-dir", str(out), *QUICK]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "created a new latency table that describes THIS machine" in done.stdout
+    assert "above the largest network of this space on this device" in done.stdout
+    from nas.latency_table import LatencyTable
+    from nas.spaces import SearchSpace
+
+    saved = LatencyTable.load(table)  # internal mode filled exactly what the space needs, in ms
+    assert saved.meta["device"] == "cpu" and saved.input_size == 320
+    needed = set(SearchSpace.load(tiny["space"]).latency_keys(320))
+    assert needed and all(key in saved and saved.latency(key) > 0 for key in needed)
+    assert (out / "arch.json").is_file()
+
+
+def test_bad_target_writes_nothing(tmp_path) -> None:
+    table, out = tmp_path / "rpi4.json", tmp_path / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "search.py"), "--latency-table", str(table), "--target", "0",
+                           "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--target must be positive" in done.stderr
+    assert not table.exists() and not out.exists()
 
 
 def test_malformed_table_is_reported_with_file_and_line(tmp_path) -> None:

@@ -167,3 +167,51 @@ def test_latency_loss_gradient_pushes_towards_the_target() -> None:
         grad = net.edges[1].alpha.grad
         assert sign * grad[2] < 0 if len(grad) == 3 else True
         assert sign * grad[0] > 0
+
+
+def test_search_weight_steps_leave_unsampled_candidates_bit_for_bit(tmp_path) -> None:
+    """SGD momentum and weight decay must not move a candidate that the current step did not run."""
+    import json
+    import logging
+
+    from engine.distributed import DistInfo
+    from nas.cost import analytic_table
+    from nas.latency_loss import edge_costs
+    from nas.latency_table import LatencyTable
+    from nas.searcher import Searcher, SearchSettings
+    from nas.spaces import SearchSpace
+
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps({
+        "name": "tiny", "preset": "rpi4", "pre_stage": "3x3_KKConv_Mid_8", "maxpool": True, "first_channels": 8,
+        "last_channels": 32,
+        "stages": [{"families": ["KK", "DK", "MBV1"], "max_blocks": 2, "channels": c} for c in (8, 16, 24, 32)]}))
+    space = SearchSpace.load(space_file)
+    table = LatencyTable.load(analytic_table("flops", space.latency_keys(64), 64, path=tmp_path / "flops.json").path)
+    settings = SearchSettings(target=1.0, lr=0.1, momentum=0.9, weight_decay=5e-2, batch_size=2, img_size=64,
+                              out_dir=str(tmp_path), progress=False)
+    searcher = Searcher(space, edge_costs(space, table), settings, DistInfo(), logging.getLogger("test"))
+    sampled: list[list[tuple[int, tuple[int, ...]]]] = []
+    sample = searcher._sample
+    searcher._sample = lambda kind: sampled.append(sample(kind)) or sampled[-1]  # type: ignore[method-assign]
+    face = [0.2, 0.2, 0.6, 0.6, 0.3, 0.3, 0.5, 0.3, 0.4, 0.4, 0.3, 0.5, 0.5, 0.5, 1.0]
+    batch = (torch.randn(2, 3, 64, 64), torch.tensor([[face], [face]]))
+
+    def snapshot() -> list[list[list[torch.Tensor]]]:
+        return [[[p.detach().clone() for p in op.parameters()] for op in edge.ops] for edge in searcher.net.edges]
+
+    searcher.weight_step(batch, warmup=False)  # gives the first path momentum buffers
+    before = snapshot()
+    searcher.weight_step(batch, warmup=False)
+    after = snapshot()
+    active = {e: set(involved) for e, (_, involved) in enumerate(sampled[-1])}  # one (active, involved) per edge
+    moved_active = untouched = 0
+    for e, (old_edge, new_edge) in enumerate(zip(before, after)):
+        for i, (old_op, new_op) in enumerate(zip(old_edge, new_edge)):
+            same = all(torch.equal(a, b) for a, b in zip(old_op, new_op))
+            if i in active.get(e, set()):
+                moved_active += not same
+            elif old_op:
+                assert same, f"edge {e} candidate {i} moved although step 2 did not sample it"
+                untouched += 1
+    assert moved_active > 0 and untouched > 0
