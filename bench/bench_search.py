@@ -9,7 +9,7 @@ end-to-end latency with the table's protocol (goal: within 10%).
 largest single path (goal: at most 2x the time and 1.3x the memory). Each measurement runs in a fresh process so
 that peak RSS (CPU) or ``max_memory_allocated`` (CUDA) belongs to it alone.
 
-    python bench/bench_search.py sweep --latency-table bench/tables/cpu_rpi4_320.json --space R5_V2
+    python bench/bench_search.py sweep --latency-table bench/tables/rpi4_cpu_320.json --space R5_V2
     python bench/bench_search.py steps --space R5_V2 --img-size 320 --batch-size 8
 """
 from __future__ import annotations
@@ -228,32 +228,35 @@ def steps(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sweep", help="target sweep")
-    s.add_argument("--latency-table", required=True)
-    s.add_argument("--space", default="R5_V2")
-    s.add_argument("--factors", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.4, 2.0])
-    s.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    s.add_argument("--img-size", type=int, default=160)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--warmup-epochs", type=int, default=1)
-    s.add_argument("--search-epochs", type=int, default=4)
-    s.add_argument("--max-steps", type=int, default=40)
-    s.add_argument("--arch-every", type=int, default=2)
-    s.add_argument("--arch-lr", type=float, default=0.05)
-    s.add_argument("--repeats", type=int, default=3)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out-dir", default="/tmp/facenas_sweep")
-    s.add_argument("--json", default=None)
-    t = sub.add_parser("steps", help="step time and memory")
-    for p in (t, sub.add_parser("_one")):
-        p.add_argument("--space", default="R5_V2")
-        p.add_argument("--img-size", type=int, default=320)
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--device", default="cpu")
-        p.add_argument("--steps", type=int, default=5)
-        p.add_argument("--warmup", type=int, default=2)
-    sub.choices["_one"].add_argument("--kind", choices=["train", "weight", "arch", "arch_single"],
-                                      required=True)
+    s = sub.add_parser("sweep", help="target sweep", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--latency-table", required=True, help="latency table measured on this machine (JSON)")
+    s.add_argument("--space", default="R5_V2", help="search space (preset, experiment name or space file)")
+    s.add_argument("--factors", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.4, 2.0],
+                   help="targets as multiples of the geometric mid-point of the reachable range")
+    s.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="expected-latency settings to compare (formula 12 with p1 0.5 / 0.7, formula 11)")
+    s.add_argument("--img-size", type=int, default=160, help="search resolution")
+    s.add_argument("--batch-size", type=int, default=8, help="images per weight step")
+    s.add_argument("--warmup-epochs", type=int, default=1, help="warm-up epochs (weights only)")
+    s.add_argument("--search-epochs", type=int, default=4, help="search epochs")
+    s.add_argument("--max-steps", type=int, default=40, help="weight steps per epoch")
+    s.add_argument("--arch-every", type=int, default=2, help="an architecture step every N weight steps")
+    s.add_argument("--arch-lr", type=float, default=0.2, help="Adam learning rate of the alphas (search.py's CPU "
+                                                              "default)")
+    s.add_argument("--repeats", type=int, default=3, help="interleaved rounds when measuring each derived network")
+    s.add_argument("--seed", type=int, default=0, help="seed of every search")
+    s.add_argument("--out-dir", default="runs/bench_sweep", help="folder of the search runs")
+    s.add_argument("--json", default=None, help="also write the rows as JSON here")
+    t = sub.add_parser("steps", help="step time and memory", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for p in (t, sub.add_parser("_one", formatter_class=argparse.ArgumentDefaultsHelpFormatter)):
+        p.add_argument("--space", default="R5_V2", help="search space")
+        p.add_argument("--img-size", type=int, default=320, help="input resolution")
+        p.add_argument("--batch-size", type=int, default=8, help="images per step")
+        p.add_argument("--device", default="cpu", help="cpu or cuda")
+        p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+        p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    sub.choices["_one"].add_argument("--kind", choices=["train", "weight", "arch", "arch_single"], required=True,
+                                      help="which step one child process measures (internal)")
     args = parser.parse_args()
     {"sweep": sweep, "steps": steps, "_one": one}[args.command](args)
 
