@@ -45,6 +45,17 @@ def test_forward_backward_and_default_cfg(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", FACENAS_MODELS)
+def test_torch_export_matches_eager(name: str) -> None:
+    # deployment goes through a graph export (timm tests TorchScript, which torch now deprecates for torch.export)
+    model = timm.create_model(name, features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    exported = torch.export.export(model, (x,)).module()
+    with torch.no_grad():
+        for a, b in zip(exported(x), model(x)):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", FACENAS_MODELS)
 def test_features_only_levels(name: str) -> None:
     model = timm.create_model(name, features_only=True)
     assert model.feature_info.reduction() == [8, 16, 32]
