@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,18 @@ def run(cmd: list[str], timeout: int) -> tuple[int, str]:
     return proc.returncode, (proc.stdout + proc.stderr)[-3000:]
 
 
+def run_check(summary: dict, key: str, label: str, cmd: list[str], produced: Callable[[], bool]) -> bool:
+    """Run one command-line check, print ok/FAIL with its time, record it under ``summary["checks"][key]``."""
+    started = time.perf_counter()
+    code, tail = run(cmd, timeout=600)
+    passed = code == 0 and produced()
+    print(f"[{'ok' if passed else 'FAIL'}] {label} ({time.perf_counter() - started:.0f} s)", flush=True)
+    if not passed:
+        print(tail)
+    summary["checks"][key] = {"passed": passed, "exit": code, "tail": tail[-800:]}
+    return passed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32, help="throughput batch (default: 32)")
@@ -110,29 +123,19 @@ def main() -> int:
                "--device", "cuda", "--preset", "recipe", "--epochs", "1", "--max-steps-per-epoch", "2",
                "--batch-size", "8", "--img-size", "640", "--workers", "2", "--no-progress", "--no-eval",
                "--out-dir", str(out_dir)]
-        started = time.perf_counter()
-        code, tail = run(cmd, timeout=600)
-        log = (out_dir / "train.log").read_text() if (out_dir / "train.log").exists() else ""
-        passed = code == 0 and (out_dir / "last.pth").is_file() and "AMP on" in log
-        print(f"[{'ok' if passed else 'FAIL'}] torchrun 1-process NCCL DDP, 2 AMP steps of train.py "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-        if not passed:
-            print(tail)
-        summary["checks"]["ddp_nccl"] = {"passed": passed, "exit": code, "tail": tail[-800:]}
-        ok &= passed
 
+        def trained_with_amp() -> bool:
+            log = out_dir / "train.log"
+            return (out_dir / "last.pth").is_file() and log.exists() and "AMP on" in log.read_text()
+
+        ok &= run_check(summary, "ddp_nccl", "torchrun 1-process NCCL DDP, 2 AMP steps of train.py", cmd,
+                        trained_with_amp)
         if (out_dir / "last.pth").is_file():
-            started = time.perf_counter()
-            code, tail = run([sys.executable, "evaluate.py", "--checkpoint", str(out_dir / "last.pth"), "--device",
-                              "cuda", "--pred-dir", str(Path(tmp) / "pred"), "--json", str(Path(tmp) / "ap.json")],
-                             timeout=600)
-            passed = code == 0 and (Path(tmp) / "ap.json").is_file()
-            print(f"[{'ok' if passed else 'FAIL'}] evaluate.py --checkpoint on CUDA "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-            if not passed:
-                print(tail)
-            summary["checks"]["evaluate_cuda"] = {"passed": passed, "exit": code, "tail": tail[-800:]}
-            ok &= passed
+            ap_json = Path(tmp) / "ap.json"
+            ok &= run_check(summary, "evaluate_cuda", "evaluate.py --checkpoint on CUDA",
+                            [sys.executable, "evaluate.py", "--checkpoint", str(out_dir / "last.pth"), "--device",
+                             "cuda", "--pred-dir", str(Path(tmp) / "pred"), "--json", str(ap_json)],
+                            ap_json.is_file)
 
     summary["passed"] = bool(ok)
     print(json.dumps({k: v for k, v in summary.items() if k != "checks"} | {

@@ -23,6 +23,12 @@ from utils.errors import FaceNASError
 LOSS_KEYS = ("total", "cls", "box", "landmark")
 
 
+def format_losses(values: dict[str, float], digits: int = 4) -> str:
+    """``loss T (cls C, box B, landmark L)`` from a dict of loss means; missing terms print as nan."""
+    total, cls, box, landmark = (values.get(k, math.nan) for k in LOSS_KEYS)
+    return f"loss {total:.{digits}f} (cls {cls:.{digits}f}, box {box:.{digits}f}, landmark {landmark:.{digits}f})"
+
+
 class NonFiniteLossError(FaceNASError):
     """The loss became NaN or infinite; raised before the step so the weights are still the last good ones.
 
@@ -249,7 +255,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     result = {**means, "lr": lr, "images": images, "seconds": seconds,
               "images_per_s": images / seconds if seconds > 0 else 0.0}
     if log is not None:
-        log.info(f"{label}: loss {means['total']:.4f} (cls {means['cls']:.4f}, box {means['box']:.4f}, "
-                 f"landmark {means['landmark']:.4f}), lr {lr:.3g}, {images} images in {seconds:.1f} s "
+        log.info(f"{label}: {format_losses(means)}, lr {lr:.3g}, {images} images in {seconds:.1f} s "
                  f"({result['images_per_s']:.1f} img/s)")
     return result

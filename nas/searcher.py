@@ -27,7 +27,7 @@ from torch import nn
 from engine.checkpoint import rng_state, set_rng_state
 from engine.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object
 from engine.loaders import make_loader, resolve_data_root, set_epoch, split_holdout
-from engine.trainer import compute_loss, train_step
+from engine.trainer import compute_loss, format_losses, train_step
 from models.loss import MultiBoxLoss
 from models.retinaface import RetinaFace
 from nas.latency_loss import EdgeCosts, expected_latency, latency_loss
@@ -253,8 +253,7 @@ class Searcher:
 
     def _postfix(self, sums: dict[str, float], counts: dict[str, int], warmup: bool) -> str:
         mean = {k: sums[k] / counts[k] for k in sums}
-        text = (f"loss {mean.get('total', float('nan')):.3f} (cls {mean.get('cls', float('nan')):.3f} box "
-                f"{mean.get('box', float('nan')):.3f} lmk {mean.get('landmark', float('nan')):.3f})")
+        text = format_losses(mean, digits=3)
         if not warmup and "expected" in mean:
             unit = self.costs.unit
             text += (f" L_lat {mean['lat_loss']:.3f} E {mean['expected']:.2f}{unit} argmax "
@@ -265,8 +264,7 @@ class Searcher:
     def _log_epoch(self, summary: dict[str, Any]) -> None:
         unit = self.costs.unit
         text = (f"epoch {summary['epoch'] + 1} ({summary['phase']}, {summary['seconds']:.0f} s): "
-                f"loss {summary.get('total', float('nan')):.4f} (cls {summary.get('cls', float('nan')):.4f}, box "
-                f"{summary.get('box', float('nan')):.4f}, landmark {summary.get('landmark', float('nan')):.4f})")
+                f"{format_losses(summary)}")
         if "expected" in summary:
             text += f", L_lat {summary['lat_loss']:.4f}, E(step) {summary['expected']:.3f} {unit}"
         text += (f", E(full) {summary['expected_full']:.3f} {unit}, argmax {summary['argmax_cost']:.3f} {unit} "

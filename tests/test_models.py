@@ -185,6 +185,14 @@ def test_unknown_model_is_a_clear_error() -> None:
         models.create_backbone("R99_HS")
 
 
+def _assert_folded_and_equal(model: torch.nn.Module, deployed: torch.nn.Module, x: torch.Tensor) -> None:
+    """The deploy form has no BatchNorm left and gives the training form's outputs within 1e-4."""
+    with torch.no_grad():
+        for a, b in zip(model(x), deployed(x)):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+
+
 def test_deploy_form_equals_training_form() -> None:
     model = timm.create_model("facenas_tt3", features_only=True)
     for bn in model.modules():
@@ -192,12 +200,7 @@ def test_deploy_form_equals_training_form() -> None:
             bn.running_mean.uniform_(-0.2, 0.2)
             bn.running_var.uniform_(0.5, 1.5)
     model.eval()
-    deployed = deploy_form(model)
-    x = torch.randn(2, 3, 96, 96)
-    with torch.no_grad():
-        for a, b in zip(model(x), deployed(x)):
-            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    _assert_folded_and_equal(model, deploy_form(model), torch.randn(2, 3, 96, 96))
 
 
 def test_local_dir_route_of_weights_readme_loads_the_saved_weights(tmp_path) -> None:
@@ -217,11 +220,7 @@ def test_local_dir_route_of_weights_readme_loads_the_saved_weights(tmp_path) -> 
 def test_deploy_form_folds_the_timm_resnet50_baseline_too() -> None:
     model = models.create_backbone("resnet50").eval()
     deployed = deploy_form(model)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        for a, b in zip(model(x), deployed(x)):
-            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    _assert_folded_and_equal(model, deployed, torch.randn(1, 3, 64, 64))
     assert deployed.feature_info.reduction() == model.feature_info.reduction()
     detector = deploy_form(models.build_detector("resnet50").eval())
     assert isinstance(detector, type(models.build_detector("mobile0.25")))  # methods kept, backbone folded inside
