@@ -214,19 +214,16 @@ def measure_backbone_latency(model: str | None = None, checkpoint: str | os.Path
         model: backbone name / thesis spelling / arch file (when no checkpoint).
         checkpoint: take the backbone of this checkpoint instead.
         shape: ``(batch, height, width)``.
-        device, threads, warmup, samples: see ``nas.measure.measure_module``.
+        device, threads, warmup, samples: see ``latency.measure.measure_module``.
 
     Returns:
         The measurement dict (``mean_ms``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``n``, ...) plus ``name``,
         ``shape`` and ``device``.
     """
-    try:
-        from nas.measure import cpu_model, measure_module
-    except ImportError as exc:
-        raise FaceNASError(f"latency measurement needs nas/measure.py, which cannot be imported ({exc})") from None
     import torch
 
     import models
+    from latency.measure import cpu_model, measure_module
     from models import deploy_form
 
     batch, height, width = shape

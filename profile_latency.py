@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/atomic.py, utils/jsonfile.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, nas/spaces.py, nas/table_file.py, nas/measure.py, nas/random_arch.py, nas/profile_cli.py
+# Embedded sources: utils/errors.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/table_format.py, latency/measure.py, latency/random_archs.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -31,8 +31,8 @@ Examples:
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
   python profile_latency.py --preset rpi4 --out rpi4.json --random-archs 30 --fit-archs 30
 
-In the project this file is nas/profile_cli.py (``python -m nas.profile_cli``); profile_latency.py is generated from
-it and the block code by tools/build_profiler.py.
+In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
+generated from it and the block code by tools/build_profiler.py.
 """
 from __future__ import annotations
 
@@ -154,6 +154,89 @@ def read_json(path: str | os.PathLike, what: str, missing_hint: str = "") -> tup
         raise FaceNASError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); repair the file or write a new "
                            f"{what}") from None
 # -------------------------------------------------- end utils/jsonfile.py
+
+
+# -------------------------------------------------- begin utils/progress.py
+"""The one progress display of the project: a tqdm bar where tqdm is installed, else a plain counter on stderr
+(redrawn in place on a terminal, printed about 20 times in a log). Standard library only: ``profile_latency.py``
+embeds it, and devices may have nothing but PyTorch."""
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Progress:
+    """A progress bar for ``total`` steps.
+
+    Args:
+        total: number of steps.
+        desc: label in front of the bar.
+        unit: what a step is ("block", "step", "image").
+        enabled: ``False`` shows nothing (but still counts).
+        leave: keep the finished bar on screen (tqdm only).
+    """
+
+    def __init__(self, total: int, desc: str = "", unit: str = "it", enabled: bool = True, leave: bool = False):
+        self.total, self.desc, self.unit, self.enabled = int(total), desc, unit, enabled
+        self.done, self.start, self.text = 0, time.time(), ""
+        self.bar: Any = None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        if enabled and tqdm is not None:
+            self.bar = tqdm(total=self.total, desc=desc or None, unit=unit, leave=leave, dynamic_ncols=True)
+        self.tty = sys.stderr.isatty()
+
+    def update(self, steps: int = 1, text: str | None = None) -> None:
+        """Advance by ``steps``; ``text`` replaces the note shown after the bar."""
+        self.done += steps
+        if text is not None:
+            self.text = text
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            if text is not None:
+                self.bar.set_postfix_str(text[:200], refresh=False)
+            self.bar.update(steps)
+            return
+        elapsed = time.time() - self.start
+        eta = elapsed / max(self.done, 1) * max(self.total - self.done, 0)
+        line = f"{self.desc + ' ' if self.desc else ''}[{self.done}/{self.total}] {elapsed:6.0f}s eta {eta:5.0f}s  " \
+               f"{self.text}"
+        if self.tty:
+            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
+        elif self.done >= self.total or self.done % max(1, self.total // 20) == 0:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.enabled and self.tty:
+            print(file=sys.stderr)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def track(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
+          enabled: bool = True) -> Iterator[T]:
+    """Iterate over ``items`` with a :class:`Progress` bar (``total`` defaults to ``len(items)``, else unknown)."""
+    if total is None:
+        total = len(items) if hasattr(items, "__len__") else 0  # type: ignore[arg-type]
+    with Progress(total, desc, unit, enabled) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
+# -------------------------------------------------- end utils/progress.py
 
 
 # -------------------------------------------------- begin models/naming.py
@@ -656,6 +739,13 @@ from typing import Any
 ARCH_FORMAT = "facenas-arch/1"
 FPN_REDUCTIONS = (8, 16, 32)
 MAXPOOL = BlockSpec("MaxPool", kernel=3, stride=2)
+#: The thesis' ``_HS`` variants put HardSwish in stages 3 and 4 (0-based 2, 3; later stages too) and the last conv.
+HARDSWISH_FIRST_STAGE = 2
+
+
+def is_hardswish_stage(stage_index: int) -> bool:
+    """Whether a stage (0-based) runs HardSwish in an ``_HS`` network: the one rule for archs and search spaces."""
+    return stage_index >= HARDSWISH_FIRST_STAGE
 
 
 @dataclass(frozen=True)
@@ -762,6 +852,26 @@ class Arch:
         if picked[-1] != len(info) - 1:
             raise FaceNASError(f"architecture {self.name!r} reduces below stride 32 after the FPN's last level")
         return tuple(picked)  # type: ignore[return-value]
+
+    def fpn_stage_taps(self) -> tuple[list[int], bool]:
+        """Which stage outputs feed the FPN, and whether the last conv does (then it is the stride-32 level).
+
+        The one FPN-tap rule of the backbone and the supernet (from :meth:`fpn_indices`).
+        """
+        picked = self.fpn_indices()
+        return [i for i in picked if i < len(self.stages)], self.last_conv is not None
+
+    def fpn_channels(self) -> list[int]:
+        """Channel counts of the three FPN inputs."""
+        info = self.feature_info()
+        return [info[i]["num_chs"] for i in self.fpn_indices()]
+
+    def with_hardswish(self) -> Arch:
+        """The ``_HS`` form of this network (HardSwish where :func:`is_hardswish_stage` says, and the last conv)."""
+        stages = [[replace(spec, act="HS") for spec in blocks] if is_hardswish_stage(s) else list(blocks)
+                  for s, blocks in enumerate(self.stages)]
+        last = None if self.last_conv is None else replace(self.last_conv, act="HS")
+        return replace(self, stages=stages, last_conv=last, meta=dict(self.meta))
 
     def validate(self, input_size: int = 640) -> Arch:
         """Check the whole architecture (blocks fit their inputs, FPN levels exist); return ``self``."""
@@ -945,6 +1055,9 @@ Module layout (what timm's ``features_only`` wrapper walks, with ``flatten_seque
     last_conv  the 1x1 conv (or Identity)
     head       global pool + optional linear classifier (unused by the detector; timm convention)
 
+:func:`build_stem` and :func:`build_last_conv` are the one builder of the fixed parts, shared with the supernet
+(:class:`nas.supernet.SuperNet`), and :meth:`models.arch.Arch.fpn_stage_taps` the one FPN-tap rule.
+
 torch only, like the blocks, so ``profile_latency.py`` can build whole backbones too.
 """
 
@@ -954,6 +1067,22 @@ from typing import Any
 import torch
 from torch import nn
 
+
+
+def build_stem(arch: Arch, in_chans: int = 3) -> tuple[nn.Sequential, int]:
+    """First conv, pre-stage blocks and the optional MaxPool as one ``Sequential``; returns it and its width."""
+    cin, stem = in_chans, []
+    for spec in [arch.first_conv, *arch.pre_stage]:
+        stem.append(Block(spec, cin))
+        cin = spec.cout
+    if arch.maxpool:
+        stem.append(Block(MAXPOOL, cin))
+    return nn.Sequential(*stem), cin
+
+
+def build_last_conv(arch: Arch, cin: int) -> nn.Module:
+    """The last 1x1 conv (the FPN's stride-32 input), or ``Identity`` when the architecture has none."""
+    return nn.Identity() if arch.last_conv is None else Block(arch.last_conv, cin)
 
 
 class FaceNASBackbone(nn.Module):
@@ -974,14 +1103,7 @@ class FaceNASBackbone(nn.Module):
         arch.validate()
         self.arch = arch
         self.in_chans = in_chans
-        cin = in_chans
-        stem: list[nn.Module] = []
-        for spec in [arch.first_conv, *arch.pre_stage]:
-            stem.append(Block(spec, cin))
-            cin = spec.cout
-        if arch.maxpool:
-            stem.append(Block(MAXPOOL, cin))
-        self.stem = nn.Sequential(*stem)
+        self.stem, cin = build_stem(arch, in_chans)
         stages = []
         for blocks in arch.stages:
             layers = []
@@ -990,7 +1112,7 @@ class FaceNASBackbone(nn.Module):
                 cin = spec.cout
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.last_conv: nn.Module = nn.Identity() if arch.last_conv is None else Block(arch.last_conv, cin)
+        self.last_conv = build_last_conv(arch, cin)
         self.num_features = self.head_hidden_size = arch.last_conv.cout if arch.last_conv else cin
         self.feature_info = arch.feature_info()
         self.drop_rate = drop_rate
@@ -1019,15 +1141,14 @@ class FaceNASBackbone(nn.Module):
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The three FPN inputs (strides 8, 16, 32) without timm's wrapper."""
-        wanted = set(self.arch.fpn_indices())
-        outs, index = [], 0
+        taps, last = self.arch.fpn_stage_taps()
+        outs = []
         x = self.stem(x)
-        for stage in self.stages:
+        for index, stage in enumerate(self.stages):
             x = stage(x)
-            if index in wanted:
+            if index in taps:
                 outs.append(x)
-            index += 1
-        if self.arch.last_conv is not None:
+        if last:
             outs.append(self.last_conv(x))
         return outs
 
@@ -1066,7 +1187,7 @@ def _fold_foreign_bn(module: nn.Module) -> nn.Module:
 # -------------------------------------------------- end models/backbone.py
 
 
-# -------------------------------------------------- begin nas/spaces.py
+# -------------------------------------------------- begin models/search_space.py
 """Search spaces as data: the per-target presets and every thesis experiment (SPEC section 6), plus user files.
 
 A :class:`SearchSpace` fixes the skeleton (first conv, pre-stage block, MaxPool, stages, last conv) and, for every
@@ -1081,6 +1202,11 @@ never on the first edge of a stage. Shortcuts follow the per-target policy:
 Squeeze-excitation (``se`` = ``"se"`` / ``"ese"``) goes on every candidate of the ``se_stages`` that can take it
 (0 = pre-stage). The thesis text says "only blocks with cin == cout", but its own Table 30 puts eSE on stage-first
 blocks; FaceNAS follows the table by default (``se_rule="all"``) and offers ``"equal_channels"``.
+
+:meth:`SearchSpace.arch_from_choices` is the one place that turns per-edge choices into an
+:class:`~models.arch.Arch` (the supernet's derive, random draws and the budgeted derive all use it), and
+:meth:`SearchSpace.skeleton` gives the parts every network of the space shares, from which the supernet builds its
+stem and FPN taps with the backbone's own builders.
 
 Standard library only: ``profile_latency.py`` embeds this file to enumerate the blocks of a preset.
 """
@@ -1297,15 +1423,6 @@ class SearchSpace:
             return "conv_pool"
         return "none"
 
-    def fixed_specs(self) -> list[tuple[str, BlockSpec]]:
-        """The parts outside the MixedEdges: first conv, pre-stage, MaxPool, last conv (``where``, spec)."""
-        parts = [("first_conv", self.first_conv()), ("pre_stage.0", self.pre_stage_block())]
-        if self.maxpool:
-            parts.append(("maxpool", BlockSpec("MaxPool", kernel=3, stride=2)))
-        if self.last_conv() is not None:
-            parts.append(("last_conv", self.last_conv()))
-        return parts
-
     def placed(self, input_size: int | tuple[int, int]) -> tuple[list[tuple[str, BlockSpec]], list[list[BlockSpec]]]:
         """Fixed parts and edge candidates with their input tensors for an input resolution.
 
@@ -1313,29 +1430,60 @@ class SearchSpace:
             ``(fixed, edges)``: fixed = [(where, spec)] in forward order (last conv last); edges = one list of
             candidate specs per MixedEdge (``Zero`` included, with its input too).
         """
-        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        fixed, cin = [], 3
-        for where, spec in self.fixed_specs():
-            if where == "last_conv":
-                continue
-            spec = spec.with_input(cin, size)
-            fixed.append((where, spec))
-            cin, size = spec.cout, spec.out_size()
-        edges = []
-        for edge in self.edges():
-            edges.append([c.with_input(edge.cin, size).validate() for c in edge.candidates])
-            size = edges[-1][0].out_size()
-        last = self.last_conv()
-        if last is not None:
-            fixed.append(("last_conv", last.with_input(self.stages[-1].channels, size)))
-        return fixed, edges
+        resolved = self.skeleton().resolve(input_size)  # every edge takes a real block in the skeleton: 1:1
+        fixed = [(b.where, b.spec) for b in resolved if not b.where.startswith("stages.")]
+        inputs = [b.spec for b in resolved if b.where.startswith("stages.")]
+        return fixed, [[c.with_input(s.cin, s.size).validate() for c in edge.candidates]
+                       for edge, s in zip(self.edges(), inputs)]
+
+    def keys(self, input_size: int | tuple[int, int]) -> tuple[list[str], list[list[str | None]]]:
+        """Table keys of the fixed parts and of every edge's candidates (``None`` for Zero) at a resolution."""
+        fixed, edges = self.placed(input_size)
+        return ([format_block(spec) for _, spec in fixed],
+                [[None if c.family == "Zero" else format_block(c) for c in candidates] for candidates in edges])
 
     def latency_keys(self, input_size: int | tuple[int, int]) -> list[str]:
         """Every latency-table key the space needs at this resolution (fixed parts and candidates; Zero costs 0)."""
-        fixed, edges = self.placed(input_size)
-        keys = [format_block(spec) for _, spec in fixed]
-        keys += [format_block(c) for candidates in edges for c in candidates if c.family != "Zero"]
-        return list(dict.fromkeys(keys))
+        fixed, edges = self.keys(input_size)
+        return list(dict.fromkeys(fixed + [k for candidates in edges for k in candidates if k is not None]))
+
+    # ------------------------------------------------------------------------------------- choices -> arch
+    def arch_from_choices(self, choices: list[int], name: str | None = None,
+                          meta: dict[str, Any] | None = None) -> Arch:
+        """The architecture that takes candidate ``choices[i]`` on edge ``i`` (``Zero`` removes the layer).
+
+        The fixed parts (first conv, pre-stage, MaxPool, last conv) come from the space; ``meta`` gets the space's
+        name and the choices.
+
+        Raises:
+            FaceNASError: wrong number of choices, or an index out of range.
+        """
+        edges = self.edges()
+        if len(choices) != len(edges):
+            raise FaceNASError(f"space {self.name} has {len(edges)} edges but {len(choices)} choices were given")
+        stages: list[list[BlockSpec]] = [[] for _ in self.stages]
+        for edge, choice in zip(edges, choices):
+            if not 0 <= int(choice) < len(edge.candidates):
+                raise FaceNASError(f"space {self.name}, {edge.where}: choice {choice} is not in "
+                                   f"0..{len(edge.candidates) - 1}")
+            spec = edge.candidates[int(choice)]
+            if spec.family != "Zero":
+                stages[edge.stage].append(spec)
+        arch = Arch(name=name or f"{self.name}_arch", first_conv=self.first_conv(), pre_stage=[self.pre_stage_block()],
+                    maxpool=self.maxpool, stages=stages, last_conv=self.last_conv(),
+                    meta={"space": self.name, "choices": [int(c) for c in choices], **(meta or {})})
+        return arch.validate()
+
+    def skeleton(self) -> Arch:
+        """A network of the space (each edge's first candidate): what every choice shares (stem, stage widths and
+        strides, last conv, FPN taps), for the supernet to build with the backbone's builders."""
+        return self.arch_from_choices([0] * len(self.edges()), f"{self.name}_skeleton")
+
+    def with_hardswish(self) -> SearchSpace:
+        """The thesis' _HS form: HardSwish in stages 3 and on and in the last conv (see
+        :func:`models.arch.is_hardswish_stage`)."""
+        stages = tuple(replace(s, act="HS") if is_hardswish_stage(i) else s for i, s in enumerate(self.stages))
+        return replace(self, stages=stages, last_act="HS", name=self.name + "_HS").validate()
 
     def validate(self) -> SearchSpace:
         """Check families, strides (>= 4 stride-2 steps, 3 with MaxPool) and the policies."""
@@ -1424,10 +1572,14 @@ def get_space(name_or_path: str, hardswish: bool = False, **overrides: Any) -> S
     """A space by experiment name (``R5``, ``TT3``, ``J15``...), preset name (its default experiment) or JSON file.
 
     Args:
-        name_or_path: experiment, preset or path.
-        hardswish: the thesis' _HS variant: HardSwish in stages 3-4 and the last conv.
+        name_or_path: experiment, preset or path; an experiment name may carry the thesis' ``_HS`` suffix
+            (``R5_V2_HS`` = R5_V2 with HardSwish in stages 3-4).
+        hardswish: the thesis' _HS variant (:meth:`SearchSpace.with_hardswish`).
         **overrides: fields replacing the experiment's (e.g. ``last_channels=128``).
     """
+    text = str(name_or_path)
+    if text.upper().endswith("_HS") and not text.endswith(".json"):
+        name_or_path, hardswish = text[:-3], True
     if str(name_or_path).endswith(".json"):
         space = SearchSpace.load(name_or_path)
     else:
@@ -1439,8 +1591,7 @@ def get_space(name_or_path: str, hardswish: bool = False, **overrides: Any) -> S
                                f"experiment ({', '.join(EXPERIMENTS)}) or a .json file")
         space = SearchSpace.from_dict({"name": key, **EXPERIMENTS[key]}, f"experiment {key}")
     if hardswish:
-        stages = tuple(replace(s, act="HS") if i >= 2 else s for i, s in enumerate(space.stages))
-        space = replace(space, stages=stages, last_act="HS", name=space.name + "_HS")
+        space = space.with_hardswish()
     if overrides:
         space = SearchSpace.from_dict({**space.to_dict(), **overrides}, f"space {space.name}")
     return space.validate()
@@ -1453,10 +1604,10 @@ def preset_spaces(preset: str) -> list[SearchSpace]:
     if preset != "dgx":
         spaces += [get_space(n, hardswish=True) for n in names]
     return spaces
-# -------------------------------------------------- end nas/spaces.py
+# -------------------------------------------------- end models/search_space.py
 
 
-# -------------------------------------------------- begin nas/table_file.py
+# -------------------------------------------------- begin latency/table_format.py
 """The latency-table file: JSON schema, validated loading, atomic saving and resume (SPEC section 7).
 
 A table is one JSON object (full description in ``docs/LATENCY.md``)::
@@ -1475,10 +1626,11 @@ A table is one JSON object (full description in ``docs/LATENCY.md``)::
     }
 
 Keys are block names with their input tensor (:mod:`models.naming`); batch, device, threads and dtype live in the
-metadata. Analytic tables (``metric`` = ``flops`` / ``params`` / ``acts``, see :mod:`nas.cost`) use the same file
-with ``{"value": ...}`` entries, so a search can swap a FLOPs table in for a latency table. ``networks`` (optional)
-holds whole backbones measured end to end on the same device, so that ``tools/latency_report.py --from-table`` can
-check and calibrate the predictor for a device the project does not run on.
+metadata. Analytic tables (``metric`` = ``flops`` / ``params`` / ``acts``, see :mod:`latency.analytic`) use
+the same file with ``{"value": ...}`` entries, so a search can swap a FLOPs table in for a latency table.
+``networks`` (optional) holds whole backbones measured end to end on the same device, so that
+``tools/latency_report.py --from-table`` can check and calibrate the predictor for a device the project does not run
+on.
 
 Every write goes through :func:`utils.atomic.atomic_write_json`; a table opened again with the same identity (device,
 batch, resolution, threads, dtype, ...) keeps its entries, so an interrupted profile resumes where it stopped.
@@ -1514,7 +1666,7 @@ def now_iso() -> str:
 class TableFile:
     """A latency (or analytic cost) table: metadata plus one entry per block key.
 
-    Build one with :meth:`load`, :meth:`create` or :meth:`open_or_create`. ``nas.latency_table.LatencyTable`` adds
+    Build one with :meth:`load`, :meth:`create` or :meth:`open_or_create`. ``latency.internal_mode.LatencyTable`` adds
     on-demand measurement on top of this class.
 
     Attributes:
@@ -1579,7 +1731,7 @@ class TableFile:
                 the file, the line where it can be found and what to do).
         """
         data, text = read_json(path, "latency table", f"create it with profile_latency.py --out {path} (or "
-                               "nas.cost for a FLOPs/params/acts table)")
+                               "latency.analytic for a FLOPs/params/acts table)")
         return cls.from_data(data, path, text)
 
     @classmethod
@@ -1737,7 +1889,7 @@ class TableFile:
     def offset_ms(self) -> float:
         """The calibration's per-network offset in ms (0.0 unless an affine calibration was fitted).
 
-        It belongs to the whole backbone, not to any block: :func:`nas.cost.predict_latency` adds it once, and a
+        It belongs to the whole backbone, not to any block: :func:`latency.predict.predict_latency` adds it once, and a
         search adds it to the fixed parts of its expected latency.
         """
         calibration = self.meta.get("calibration")
@@ -1773,7 +1925,7 @@ class TableFile:
             skipped = self.skipped.get(canonical)
             why = f" (the profiler skipped it: {skipped['reason']})" if skipped else ""
             how = (_HOW_TO_MEASURE.format(key=canonical, path=self.path) if self.metric == "latency"
-                   else "rebuild the table with python -m nas.cost for this space")
+                   else "rebuild the table with python -m latency.analytic for this space")
             raise FaceNASError(f"{self.path}: no entry for {canonical}{why}; {how}, or use internal mode "
                                "(measure_missing) when the search runs on that device")
         return float(entry[METRICS[self.metric][0]])
@@ -1945,10 +2097,25 @@ def _line_of(text: str, needle: str) -> int | None:
     """1-based line of the first occurrence of ``needle`` in ``text``."""
     pos = text.find(needle) if text else -1
     return None if pos < 0 else text.count("\n", 0, pos) + 1
-# -------------------------------------------------- end nas/table_file.py
 
 
-# -------------------------------------------------- begin nas/measure.py
+class RunLog:
+    """Appends timestamped lines to a table's text log (what was measured, skipped and why)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a", encoding="utf-8", buffering=1)
+
+    def __call__(self, text: str) -> None:
+        self.handle.write(f"{now_iso()} {text}\n")
+
+    def close(self) -> None:
+        self.handle.close()
+# -------------------------------------------------- end latency/table_format.py
+
+
+# -------------------------------------------------- begin latency/measure.py
 """The latency measurement protocol (thesis 3.6.3, Table 19) and the deployed form of what gets measured.
 
 One protocol serves the block tables, the end-to-end checks of ``tools/latency_report.py`` and ``evaluate.py``:
@@ -2251,6 +2418,27 @@ def measure_interleaved(modules: dict[str, nn.Module], input_shape: tuple[int, .
     return out
 
 
+def measure_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, seed: int = 0,
+                     on_step: Any = None) -> dict[str, dict[str, Any]]:
+    """Whole backbones end to end with a table's protocol (``meta``: device, batch, resolution, threads, dtype,
+    memory format, warm-up/samples/trim), deployed form, interleaved rounds (:func:`measure_interleaved`).
+
+    Returns:
+        architecture name -> ``{"rounds_ms", "measured_ms", "spread"}``.
+    """
+    protocol = meta["protocol"]
+    channels_last = meta["memory_format"] == "channels_last"
+    modules = {arch.name: deploy_backbone(arch, channels_last) for arch in archs}
+    if meta.get("resolution") is None:
+        raise FaceNASError("the table records no resolution (it was built from --names only); whole networks need "
+                           "one: give --resolution")
+    side = int(meta["resolution"])
+    return measure_interleaved(
+        modules, (int(meta["batch"]), 3, side, side), repeats, seed, on_step, device=meta["device"],
+        warmup=protocol["warmup"], samples=protocol["samples"], threads=meta.get("threads"), dtype=meta["dtype"],
+        channels_last=channels_last, trim=protocol["trim"])
+
+
 def cpu_model() -> str:
     """A human name for this CPU (x86 model name, Raspberry Pi board model, or what the OS says)."""
     board = _read_text("/proc/device-tree/model").replace("\x00", "").strip()
@@ -2344,68 +2532,26 @@ def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int 
     })
     meta.update(extra)
     return meta
-# -------------------------------------------------- end nas/measure.py
+# -------------------------------------------------- end latency/measure.py
 
 
-# -------------------------------------------------- begin nas/random_arch.py
-"""Random architectures of a search space (for checking the latency predictor) and choices -> :class:`Arch`.
+# -------------------------------------------------- begin latency/random_archs.py
+"""Random architectures of a search space, for fitting and checking the latency predictor.
 
 A draw picks one candidate per MixedEdge uniformly (``Zero`` included where the space allows it), like a supernet
-path sampled from uniform architecture weights. ``choices_to_arch`` turns any list of candidate indices into an
-architecture: ``Zero`` edges are dropped, the fixed parts (first conv, pre-stage, MaxPool, last conv) come from the
-space.
+path sampled from uniform architecture weights, and turns the choices into an architecture with
+:meth:`models.search_space.SearchSpace.arch_from_choices`.
 
-Standard library only (plus project naming, arch and spaces files).
+Standard library only (plus project naming, arch and spaces files): ``profile_latency.py`` embeds this file.
 """
 
 import random
 
 
 
-def space_by_name(name: str) -> SearchSpace:
-    """``get_space`` that also reads the thesis' ``_HS`` suffix (``R5_V2_HS`` = R5_V2 with HardSwish in stages 3-4)."""
-    if name.upper().endswith("_HS") and not name.endswith(".json"):
-        return get_space(name[:-3], hardswish=True)
-    return get_space(name)
-
-
 def random_choices(space: SearchSpace, rng: random.Random) -> list[int]:
     """One uniformly drawn candidate index per edge of ``space``."""
     return [rng.randrange(len(edge.candidates)) for edge in space.edges()]
-
-
-def choices_to_arch(space: SearchSpace, choices: list[int], name: str = "random") -> Arch:
-    """The architecture that takes candidate ``choices[i]`` on edge ``i`` (``Zero`` removes the layer).
-
-    Raises:
-        FaceNASError: wrong number of choices, an index out of range, or a stage left without blocks.
-    """
-    edges = space.edges()
-    if len(choices) != len(edges):
-        raise FaceNASError(f"space {space.name} has {len(edges)} edges but {len(choices)} choices were given")
-    stages: list[list] = [[] for _ in space.stages]
-    for edge, choice in zip(edges, choices):
-        if not 0 <= choice < len(edge.candidates):
-            raise FaceNASError(f"space {space.name}, {edge.where}: choice {choice} is not in "
-                               f"0..{len(edge.candidates) - 1}")
-        spec = edge.candidates[choice]
-        if spec.family != "Zero":
-            stages[edge.stage].append(spec)
-    arch = Arch(
-        name=name,
-        first_conv=space.first_conv(),
-        pre_stage=[space.pre_stage_block()],
-        maxpool=space.maxpool,
-        stages=stages,
-        last_conv=space.last_conv(),
-        meta={"space": space.name, "choices": list(choices)},
-    )
-    return arch.validate()
-
-
-def random_arch(space: SearchSpace, rng: random.Random, name: str = "random") -> Arch:
-    """A uniformly drawn architecture of ``space``."""
-    return choices_to_arch(space, random_choices(space, rng), name)
 
 
 def random_archs(spaces: list[SearchSpace], count: int, seed: int, prefix: str = "rand",
@@ -2434,12 +2580,24 @@ def random_archs(spaces: list[SearchSpace], count: int, seed: int, prefix: str =
                 raise FaceNASError(f"could not draw {count} distinct architectures from {space.name}")
             continue
         seen.add((space.name, choices))
-        out.append(choices_to_arch(space, list(choices), f"{prefix}_{space.name}_s{seed}_{len(out):02d}"))
+        out.append(space.arch_from_choices(list(choices), f"{prefix}_{space.name}_s{seed}_{len(out):02d}"))
     return out
-# -------------------------------------------------- end nas/random_arch.py
 
 
-# -------------------------------------------------- begin nas/profile_cli.py
+def validation_and_fit_archs(spaces: list[SearchSpace], validate: int, seed: int, fit: int,
+                             fit_seed: int) -> tuple[list[Arch], list[Arch]]:
+    """``validate`` networks drawn with ``seed`` and ``fit`` others drawn with ``fit_seed``: a predictor is fitted on
+    the second list and judged on the first, which it never saw."""
+    if validate and fit and seed == fit_seed:
+        raise FaceNASError("the fitting seed must differ from the validation seed (fitting and validation networks "
+                           "must differ)")
+    checked = random_archs(spaces, validate, seed, prefix="val") if validate else []
+    taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in checked}
+    return checked, random_archs(spaces, fit, fit_seed, prefix="fit", exclude=taken) if fit else []
+# -------------------------------------------------- end latency/random_archs.py
+
+
+# -------------------------------------------------- begin latency/profile_cli.py
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
 The script needs PyTorch only: copy ``profile_latency.py`` alone to a Raspberry Pi, a Jetson or a GPU server and run
@@ -2465,8 +2623,8 @@ Examples:
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
   python profile_latency.py --preset rpi4 --out rpi4.json --random-archs 30 --fit-archs 30
 
-In the project this file is nas/profile_cli.py (``python -m nas.profile_cli``); profile_latency.py is generated from
-it and the block code by tools/build_profiler.py.
+In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
+generated from it and the block code by tools/build_profiler.py.
 """
 
 import argparse
@@ -2644,17 +2802,8 @@ def explicit_spaces(args: argparse.Namespace) -> list[SearchSpace]:
                 "pre_stage": experiment["pre_stage"], "variations": variations}
         space = SearchSpace.from_dict(data, "the --families options")
         for hs in hs_modes:
-            spaces.append(_hardswish(space) if hs else space)
+            spaces.append(space.with_hardswish() if hs else space)
     return spaces
-
-
-def _hardswish(space: SearchSpace) -> SearchSpace:
-    data = space.to_dict()
-    for i, stage in enumerate(data["stages"]):
-        if i >= 2:
-            stage["act"] = "HS"
-    data.update(name=space.name + "_HS", last_act="HS")
-    return SearchSpace.from_dict(data, f"space {space.name}_HS")
 
 
 def apply_overrides(spaces: list[SearchSpace], args: argparse.Namespace) -> list[SearchSpace]:
@@ -2714,7 +2863,7 @@ def collect(args: argparse.Namespace) -> tuple[list[str], list[SearchSpace], int
     spaces: list[SearchSpace] = []
     if args.preset and not args.families:
         spaces += preset_spaces(args.preset)
-    spaces += [space_by_name(name) for name in args.space]
+    spaces += [get_space(name) for name in args.space]
     if args.families:
         spaces += explicit_spaces(args)
     elif any(v is not None for v in (args.kernels, args.expansions, args.stages, args.channels, args.strides)):
@@ -2750,12 +2899,8 @@ def collect_networks(args: argparse.Namespace, spaces: list[SearchSpace]) -> lis
         raise FaceNASError("--random-archs and --fit-archs must be >= 0, --repeats >= 1")
     if args.random_archs and args.fit_archs and args.seed == args.fit_seed:
         raise FaceNASError("--fit-seed must differ from --seed (fitting and validation networks must differ)")
-    validate = random_archs(spaces, args.random_archs, args.seed, prefix="val") if args.random_archs else []
-    nets += [(arch, "validate") for arch in validate]
-    if args.fit_archs:
-        taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in validate}
-        nets += [(arch, "fit") for arch in random_archs(spaces, args.fit_archs, args.fit_seed, prefix="fit",
-                                                        exclude=taken)]
+    validate, fit = validation_and_fit_archs(spaces, args.random_archs, args.seed, args.fit_archs, args.fit_seed)
+    nets += [(arch, "validate") for arch in validate] + [(arch, "fit") for arch in fit]
     names = [arch.name for arch, _ in nets]
     if len(set(names)) != len(names):
         raise FaceNASError("two networks share a name; give the architecture files distinct 'name' fields")
@@ -2785,60 +2930,6 @@ def channel_ratio_problem(spec: BlockSpec, max_ratio: float) -> str | None:
 
 
 # -------------------------------------------------------------------------------------------- progress/log
-class ProgressLine:
-    """tqdm when it is installed, else a plain counter on stderr (the device may have nothing but torch)."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.start = total, 0, time.time()
-        self.enabled = enabled
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="block", dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-        self.tty = sys.stderr.isatty()
-
-    def update(self, text: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(text[:60], refresh=False)
-            self.bar.update(1)
-            return
-        elapsed = time.time() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        line = f"[{self.done}/{self.total}] {elapsed:6.0f}s eta {eta:5.0f}s  {text}"
-        if self.tty:
-            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
-        elif self.done == self.total or self.done % max(1, self.total // 20) == 0:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and self.tty:
-            print(file=sys.stderr)
-
-
-class RunLog:
-    """Appends timestamped lines to the text log."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("a", encoding="utf-8", buffering=1)
-
-    def __call__(self, text: str) -> None:
-        self.handle.write(f"{now_iso()} {text}\n")
-
-    def close(self) -> None:
-        self.handle.close()
-
-
 # -------------------------------------------------------------------------------------------------- main
 def default_out(args: argparse.Namespace, device: str, batch: int, resolution: int | None) -> str:
     label = args.preset or ("custom" if (args.families or args.space) else "names")
@@ -2934,7 +3025,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
     counts = {"measured": 0, "present": 0, "skipped": 0}
     start = time.time()
     groups = family_groups(keys)
-    progress = ProgressLine(len(keys) * args.rounds, enabled=not args.quiet)
+    progress = Progress(len(keys) * args.rounds, unit="block", enabled=not args.quiet)
     try:
         for round_index in range(args.rounds):
             for index, (family, group) in enumerate(groups):
@@ -2945,7 +3036,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                         if round_index == 0 and done >= args.rounds:
                             counts["present"] += 1
                             log(f"present {key} (already in the table)")
-                        progress.update(f"{key} present")
+                        progress.update(text=f"{key} present")
                         continue
                     reason = None if done else _skip_reason(table, key, filtered, args)
                     if reason is None:
@@ -2967,7 +3058,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                         counts["skipped"] += 1
                         table.save()
                         log(f"skipped {key}: {reason}")
-                        progress.update(f"{key} skipped")
+                        progress.update(text=f"{key} skipped")
                         continue
                     table.add_round(key, stats)
                     table.save()
@@ -2975,7 +3066,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                     log(f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
                         f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} "
                         f"first5={stats['first5_ms']:.4f} round={round_index + 1} load={load_average()}")
-                    progress.update(f"{key} {stats['mean_ms']:.3f} ms")
+                    progress.update(text=f"{key} {stats['mean_ms']:.3f} ms")
                 last = round_index == args.rounds - 1 and index == len(groups) - 1
                 if args.rest > 0 and measured_here and not last:
                     log(f"rest {args.rest:g} s after the {family} blocks")
@@ -3017,18 +3108,9 @@ def profile_networks(table: TableFile, networks: list[tuple[Arch, str]], args: a
             log(f"present network {arch.name}")
     if not todo:
         return 0
-    meta, protocol = table.meta, table.meta["protocol"]
-    channels_last = meta["memory_format"] == "channels_last"
-    modules = {arch.name: deploy_backbone(arch, channels_last) for arch, _ in todo}
-    side = table.input_size
-    progress = ProgressLine(len(todo) * args.repeats, enabled=not args.quiet)
-    try:
-        results = measure_interleaved(
-            modules, (meta["batch"], 3, side, side), args.repeats, args.seed, lambda: progress.update("network"),
-            device=meta["device"], warmup=protocol["warmup"], samples=protocol["samples"], threads=meta["threads"],
-            dtype=meta["dtype"], channels_last=channels_last, trim=protocol["trim"])
-    finally:
-        progress.close()
+    with Progress(len(todo) * args.repeats, "networks", "run", enabled=not args.quiet) as progress:
+        results = measure_networks([arch for arch, _ in todo], table.meta, args.repeats, args.seed,
+                                   lambda: progress.update(1))
     for arch, role in todo:
         stats = results[arch.name]
         table.add_network(arch.name, arch.to_dict(), stats, role)
@@ -3040,4 +3122,4 @@ def profile_networks(table: TableFile, networks: list[tuple[Arch, str]], args: a
 
 if __name__ == "__main__":
     run_cli(main)
-# -------------------------------------------------- end nas/profile_cli.py
+# -------------------------------------------------- end latency/profile_cli.py

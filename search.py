@@ -95,39 +95,69 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from engine.config import parse_args
 
-    args = parse_args(build_parser(), argv)
-    import torch
+    args, _ = parse_args(build_parser(), argv)
+    from engine.distributed import cleanup, init_distributed
+    from engine.run_log import setup_logging
 
-    from engine.distributed import barrier, cleanup, init_distributed
-    from engine.logging import setup_logging
-    from nas.latency_loss import edge_costs
-    from nas.latency_table import LatencyTable
-    from nas.searcher import Searcher, SearchSettings
-    from nas.spaces import PRESETS, get_space
+    _check_options(args)
+    dist = init_distributed(args.device)
+    table_path = Path(args.latency_table)
+    space = _space(args, table_path)
+    out_dir = Path(args.out_dir or f"runs/search_{space.name}_T{args.target:g}")
+    log = setup_logging(out_dir / "search.log", dist.is_main, dist.rank)
+    table, costs = _table_and_costs(args, table_path, space, dist, log)
+    settings = _settings(args, space, dist, out_dir)
+    on_gpu = dist.device.type == "cuda"
+    if dist.is_main:
+        _print_start(log, space, table, table_path, costs, settings, on_gpu)
+    from nas.searcher import Searcher
 
-    # checked before anything is written: a bad target must not leave an empty table or run folder behind
+    searcher = Searcher(space, costs, settings, dist, log, {**table.meta, "path": str(table_path)})
+    if args.resume:
+        ckpt = {"last": out_dir / "last.pth", "warmup": out_dir / "warmup.pth"}.get(args.resume, Path(args.resume))
+        changed = searcher.load_checkpoint(ckpt)
+        log.info(f"resumed from {ckpt} at epoch {searcher.epoch}" + (f"; changed: {', '.join(changed)}"
+                                                                     if changed else ""))
+    result = searcher.run()
+    if dist.is_main:
+        _print_result(log, result, args, table, table_path, costs.unit, out_dir, on_gpu)
+    cleanup(dist)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Checked before anything is written: a bad target must not leave an empty table or run folder behind."""
     if args.target <= 0:
         raise FaceNASError(f"--target must be positive, got {args.target:g}; give the backbone latency budget in the "
                            "table's unit (ms for a latency table)")
     if args.save_every < 0:
         raise FaceNASError(f"--save-every must be 0 or more, got {args.save_every}")
-    dist = init_distributed(args.device)
-    table_path = Path(args.latency_table)
-    table = LatencyTable.load(table_path) if table_path.exists() else None
 
-    # ---- space: option, else the table's preset, else the table's file name, else rpi4
+
+def _space(args: argparse.Namespace, table_path: Path):
+    """The search space: --space, else the table's preset, else the preset in the table's file name, else rpi4."""
+    from latency.table_format import TableFile
+    from models.search_space import PRESETS, get_space
+
+    table = TableFile.load(table_path) if table_path.exists() else None
     space_name = args.space or (table.meta.get("preset") if table else None)
     if space_name is None:
         space_name = next((p for p in PRESETS if p in table_path.stem.lower()), "rpi4")
     overrides = {k: v for k, v in (("pre_stage", args.pre_stage), ("last_channels", args.last_channels))
                  if v is not None}
-    space = get_space(space_name, hardswish=args.hardswish, **overrides)
-    preset = PRESETS[space.preset]
-    out_dir = Path(args.out_dir or f"runs/search_{space.name}_T{args.target:g}")
-    log = setup_logging(out_dir / "search.log", dist.is_main, dist.rank)
+    return get_space(space_name, hardswish=args.hardswish, **overrides)
 
-    # ---- table: create it here when missing (internal mode), then measure what the space needs
-    if table is None:
+
+def _table_and_costs(args: argparse.Namespace, table_path: Path, space, dist, log):
+    """Load the table, or create it here when missing (internal mode); measure what the space needs; its costs."""
+    import torch
+
+    from engine.distributed import barrier
+    from latency.internal_mode import LatencyTable
+    from latency.predict import edge_costs
+    from models.search_space import PRESETS
+
+    preset = PRESETS[space.preset]
+    if not table_path.exists():
         device = args.table_device or ("cuda" if preset["gpu"] and torch.cuda.is_available() else "cpu")
         if dist.is_main:
             table = LatencyTable.create(table_path, device=device, batch=preset["latency_batch"],
@@ -138,20 +168,24 @@ def main(argv: list[str] | None = None) -> None:
                      f"that device, run `python profile_latency.py --preset {space.preset} --out {table_path.name}` "
                      "on it and pass the file here.")
         barrier(dist)
-        table = LatencyTable.load(table_path)
     if dist.is_main:
-        costs = edge_costs(space, table, measure_missing=True)
+        edge_costs(space, LatencyTable.load(table_path), measure_missing=True)
     barrier(dist)
     table = LatencyTable.load(table_path)
-    costs = edge_costs(space, table)
-    unit = costs.unit
+    return table, edge_costs(space, table)
 
-    # ---- settings: CPU quick run or thesis scale
+
+def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
+    """Search settings: the CPU quick run or thesis scale, under what the command line gave."""
+    from models.search_space import PRESETS
+    from nas.searcher import SearchSettings
+
+    preset = PRESETS[space.preset]
     on_gpu = dist.device.type == "cuda"
     base = dict(THESIS, batch_size=preset["batch"]) if on_gpu else dict(CPU_QUICK)
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else base.get(k) for k in
               ("img_size", "batch_size", "warmup_epochs", "search_epochs", "arch_lr", "lr", "max_steps_per_epoch")}
-    settings = SearchSettings(
+    return SearchSettings(
         target=args.target, lam=args.lam if args.lam is not None else preset["lambda"], p1=args.p1,
         loss_form=args.loss_form, two_path=not args.single_path, arch_every=args.arch_every,
         momentum=args.momentum, weight_decay=args.weight_decay, holdout_fraction=args.holdout_fraction,
@@ -159,32 +193,24 @@ def main(argv: list[str] | None = None) -> None:
         amp=args.amp if args.amp is not None else on_gpu, device=str(dist.device), data_root=args.data_root,
         out_dir=str(out_dir), progress=not args.no_progress, save_every=args.save_every, **chosen)
 
-    if dist.is_main:
-        _print_start(log, space, table, table_path, costs, settings, on_gpu)
-    searcher = Searcher(space, costs, settings, dist, log, {**table.meta, "path": str(table_path)})
-    if args.resume:
-        ckpt = {"last": out_dir / "last.pth", "warmup": out_dir / "warmup.pth"}.get(args.resume, Path(args.resume))
-        changed = searcher.load_checkpoint(ckpt)
-        log.info(f"resumed from {ckpt} at epoch {searcher.epoch}" + (f"; changed: {', '.join(changed)}"
-                                                                     if changed else ""))
-    result = searcher.run()
-    if dist.is_main:
-        arch = result["arch"]
-        log.info("\n" + arch.describe())
-        gap = 100 * (result["predicted"] - args.target) / args.target
-        log.info(f"predicted backbone {table.meta.get('metric', 'latency')}: {result['predicted']:.3f} {unit} "
-                 f"(target {args.target:g} {unit}, {gap:+.1f}%) on {table.meta.get('device_name')}")
-        confidence = arch.meta["confidence"]
-        if abs(gap) > 5 and confidence < 0.8:
-            log.info(f"the probabilities have not settled (mean largest probability {confidence:.2f}): the argmax "
-                     "network can then differ from the expected latency the loss steered; more search epochs "
-                     f"(--resume --search-epochs N) bring them together")
-        log.info(f"wrote {out_dir / 'arch.json'}; next: python train.py --model {out_dir / 'arch.json'}")
-        if not on_gpu:
-            log.info("scale up: with WIDER FACE and GPUs run e.g. `torchrun --nproc_per_node 8 search.py "
-                     f"--latency-table {table_path.name} --target {args.target:g} --data-root WIDER_ROOT` "
-                     "(thesis settings: 640 px, batch 32 per GPU, 40 warm-up + 120 search epochs, arch lr 1e-3)")
-    cleanup(dist)
+
+def _print_result(log, result: dict, args: argparse.Namespace, table, table_path: Path, unit: str, out_dir: Path,
+                  on_gpu: bool) -> None:
+    arch = result["arch"]
+    log.info("\n" + arch.describe())
+    gap = 100 * (result["predicted"] - args.target) / args.target
+    log.info(f"predicted backbone {table.meta.get('metric', 'latency')}: {result['predicted']:.3f} {unit} "
+             f"(target {args.target:g} {unit}, {gap:+.1f}%) on {table.meta.get('device_name')}")
+    confidence = arch.meta["confidence"]
+    if abs(gap) > 5 and confidence < 0.8:
+        log.info(f"the probabilities have not settled (mean largest probability {confidence:.2f}): the argmax "
+                 "network can then differ from the expected latency the loss steered; more search epochs "
+                 f"(--resume --search-epochs N) bring them together")
+    log.info(f"wrote {out_dir / 'arch.json'}; next: python train.py --model {out_dir / 'arch.json'}")
+    if not on_gpu:
+        log.info("scale up: with WIDER FACE and GPUs run e.g. `torchrun --nproc_per_node 8 search.py "
+                 f"--latency-table {table_path.name} --target {args.target:g} --data-root WIDER_ROOT` "
+                 "(thesis settings: 640 px, batch 32 per GPU, 40 warm-up + 120 search epochs, arch lr 1e-3)")
 
 
 def _print_start(log, space, table, table_path, costs, settings, on_gpu: bool) -> None:

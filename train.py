@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,21 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _explicit(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations set on the command line or in the config file (not left at their defaults)."""
-    from engine.config import config_to_argv
-
-    probe = argparse.ArgumentParser(add_help=False)
-    probe._add_container_actions(parser)  # noqa: SLF001
-    for action in probe._actions:  # noqa: SLF001
-        action.default = argparse.SUPPRESS
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
-    extra = config_to_argv(known.config, parser) if known.config else []
-    return set(vars(probe.parse_args(extra + argv)))
-
-
 def recipe_family(model: str, fpn_channels: int | None) -> str:
     """``wide`` for ResNet-50-sized backbones (FPN width 256), else ``mobile``."""
     if fpn_channels is not None:
@@ -222,14 +208,9 @@ def build_model(model: str, fpn_channels: int | None, backbone_weights: str | No
 
 def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None:
     """Loss curves (total and parts per epoch) to a PNG, written atomically."""
-    import io
+    from utils.figures import pyplot, save_figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from utils.atomic import atomic_write
+    plt = pyplot()
 
     epochs = [h["epoch"] + 1 for h in history]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
@@ -241,173 +222,215 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    save_figure(fig, path, tight=True)
+
+
+@dataclass
+class TrainingRun:
+    """What one training run holds between its steps (built by :func:`_set_up`)."""
+
+    args: argparse.Namespace
+    dist: Any
+    log: Any
+    out_dir: Path
+    spec: dict[str, Any]
+    detector: torch.nn.Module
+    model: torch.nn.Module
+    loader: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: Any
+    data_root: Path
+    resume_path: Path | None
+    start_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.last, self.cuda = self.out_dir / "last.pth", self.dist.device.type == "cuda"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run training; returns a summary (``history``, ``out_dir``, ``last``, optional ``ap``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    explicit = _explicit(parser, argv)
+    args, explicit = parse_args(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    from engine.distributed import cleanup, init_distributed
+    from engine.run_log import close_logging
 
-    import torch
-
-    from engine.checkpoint import load_checkpoint, model_spec, resume_training, save_checkpoint
-    from engine.distributed import barrier, cleanup, init_distributed
-    from engine.loaders import make_loader, resolve_data_root, set_epoch
-    from engine.logging import close_logging, setup_logging
-    from engine.trainer import NonFiniteLossError, StepSchedule, train_one_epoch
-    from models.loss import MultiBoxLoss
-
-    ckpt_args = None
-    resume_path = None
-    resume_spec = None
-    if args.resume is not None:
-        if args.resume:
-            resume_path = Path(args.resume)
-        elif args.out_dir:
-            resume_path = Path(args.out_dir) / "last.pth"
-        else:
-            raise FaceNASError("--resume without a path needs --out-dir (the run folder holding last.pth)")
-        resume_ckpt = load_checkpoint(resume_path)
-        ckpt_args = resume_ckpt.get("args") or {}
-        # Rebuild from the architecture stored in the checkpoint, so a moved or edited arch file does not matter.
-        resume_spec = None if "model" in explicit else {k: resume_ckpt.get(k) for k in ("model", "model_name", "arch")}
-        del resume_ckpt
-
+    resume_path, ckpt_args, resume_spec = _resume_source(args, explicit)
     dist_info = init_distributed(args.device)
     try:
-        cuda = dist_info.device.type == "cuda"
-        args = resolve_args(args, explicit, ckpt_args, cuda)
+        args = resolve_args(args, explicit, ckpt_args, dist_info.device.type == "cuda")
         _check(args)
-        if args.batch_size % dist_info.world_size:
-            raise FaceNASError(f"--batch-size {args.batch_size} is not divisible by the {dist_info.world_size} "
-                               "processes")
-        out_dir = Path(args.out_dir) if args.out_dir else (resume_path.parent if resume_path else
-                                                            _default_out_dir(args))
-        args.out_dir = str(out_dir)
-        last = out_dir / "last.pth"
-        if resume_path is None and last.exists():
-            raise FaceNASError(f"{last} exists: continue that run with --resume {last}, or pass a new --out-dir")
-
-        log = setup_logging(out_dir / "train.log", dist_info.is_main, dist_info.rank)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        torch.manual_seed(args.seed)
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-
-        if resume_path is not None and resume_spec is not None:
-            from engine.checkpoint import build_from_spec
-
-            spec = resume_spec
-            detector = build_from_spec(spec, args.fpn_channels, str(resume_path))
-        else:
-            spec = model_spec(args.model)
-            detector = build_model(args.model, args.fpn_channels,
-                                   args.backbone_weights if resume_path is None else None)
-        args.fpn_channels = detector.fpn_channels
-        detector.to(dist_info.device)
-
-        # Rank 0 generates the built-in dataset if needed; the others wait, then find it complete.
-        if dist_info.is_main:
-            data_root = resolve_data_root(args.data_root, log)
-        barrier(dist_info)
-        if not dist_info.is_main:
-            data_root = resolve_data_root(args.data_root, None, verbose=False)
-
-        from data.augment import TrainTransform
-        from data.widerface import WiderFaceDetection
-
-        dataset = WiderFaceDetection(data_root, "train", TrainTransform(args.img_size), seed=args.seed)
-        per_process = args.batch_size // dist_info.world_size
-        loader = make_loader(dataset, per_process, dist_info, shuffle=True, seed=args.seed, workers=args.workers)
-
-        model: torch.nn.Module = detector
-        if dist_info.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                detector, device_ids=[dist_info.device.index] if cuda else None)
-        optimizer = torch.optim.SGD(detector.parameters(), lr=args.lr, momentum=args.momentum,
-                                    weight_decay=args.weight_decay)
-        # --decay-epochs counts like the reference ("x0.1 at 190"): epochs 0..189 at lr, from index 190 on x0.1.
-        schedule = StepSchedule(optimizer, args.lr, args.decay_epochs, args.decay_rate, args.warmup_epochs)
-        scaler = torch.amp.GradScaler("cuda", enabled=bool(args.amp and cuda))
-        criterion = MultiBoxLoss()
-
-        start_epoch = 0
-        history: list[dict[str, float]] = []
-        if resume_path is not None:
-            ckpt = resume_training(resume_path, model=detector, optimizer=optimizer, scheduler=schedule,
-                                   scaler=scaler, spec=spec)
-            start_epoch = int(ckpt["epoch"]) + 1
-            history = list(ckpt.get("history") or [])
-
-        steps = len(loader) if not args.max_steps_per_epoch else min(len(loader), args.max_steps_per_epoch)
-        if dist_info.is_main:
-            write_config(out_dir / "config.yaml", {k: v for k, v in vars(args).items()
-                                                   if k not in ("preset_used", "recipe")})
-            how = "resuming from " + str(resume_path) + f" at epoch {start_epoch + 1}" if resume_path else "new run"
-            log.info(f"train.py: RetinaFace + {args.model} ({spec['model_name'] or 'arch file'}), FPN "
-                     f"{args.fpn_channels}, {how}")
-            auto = " (auto: " + ("GPU found)" if cuda else "no GPU, CPU-sized run; --preset recipe for the full "
-                                                              "RetinaFace recipe)") if args.preset == "auto" else ""
-            log.info(f"preset {args.preset_used}{auto}: {args.epochs} epochs x {steps} steps, batch {args.batch_size}"
-                     f" ({dist_info.world_size} process(es) x {per_process}), {args.img_size} px, SGD lr {args.lr:g} "
-                     f"momentum {args.momentum:g} wd {args.weight_decay:g}, x{args.decay_rate:g} after epochs "
-                     f"{args.decay_epochs}, warm-up {args.warmup_epochs:g} epochs")
-            if args.preset == "auto" and args.preset_used == "quick" and args.data_root:
-                log.warning("WIDER FACE on a CPU with the quick preset: this is a smoke run, not the RetinaFace "
-                            "recipe; pass --preset recipe (on a GPU) to reproduce the thesis numbers")
-            log.info(f"device {dist_info.device}{' (AMP on)' if args.amp and cuda else ''}, "
-                     f"{len(dataset)} training images, seed {args.seed}, workers {args.workers}, "
-                     f"{torch.get_num_threads()} threads, out {out_dir}")
-        if start_epoch >= args.epochs and dist_info.is_main:
-            log.info(f"nothing to do: {resume_path} already finished epoch {start_epoch} of {args.epochs}")
-
-        for epoch in range(start_epoch, args.epochs):
-            set_epoch(loader, epoch)
-            try:
-                stats = train_one_epoch(model, loader, criterion, optimizer, schedule, epoch, scaler=scaler,
-                                        device=dist_info.device, amp=bool(args.amp and cuda), dist_info=dist_info,
-                                        log=log if dist_info.is_main else None, progress=args.progress,
-                                        max_steps=args.max_steps_per_epoch or None, epochs=args.epochs)
-            except NonFiniteLossError as exc:
-                kept = f"the last good checkpoint is {last} (epoch {epoch})" if last.exists() else \
-                    "no checkpoint was written yet"
-                message = (f"{exc}; training stopped, nothing was saved for this epoch and {kept}. Lower --lr "
-                           f"(now {args.lr:g}), add --warmup-epochs or --grad-clip, or turn off --amp, then "
-                           f"--resume")
-                log.error(message)
-                raise FaceNASError(message) from None
-            history.append({"epoch": epoch, **{k: float(stats[k]) for k in ("total", "cls", "box", "landmark",
-                                                                             "lr", "seconds", "images_per_s")}})
-            if dist_info.is_main:
-                save_checkpoint(last, model=detector, spec=spec, fpn_channels=detector.fpn_channels, epoch=epoch,
-                                optimizer=optimizer, scheduler=schedule, scaler=scaler, args=vars(args),
-                                history=history)
-                if args.save_every and (epoch + 1) % args.save_every == 0:
-                    save_checkpoint(out_dir / f"epoch_{epoch + 1:04d}.pth", model=detector, spec=spec,
-                                    fpn_channels=detector.fpn_channels, epoch=epoch, optimizer=optimizer,
-                                    scheduler=schedule, scaler=scaler, args=vars(args), history=history)
-                plot_losses(history, out_dir / "loss_curve.png", f"RetinaFace + {args.model}")
-            barrier(dist_info)
-
-        summary: dict[str, Any] = {"history": history, "out_dir": str(out_dir), "last": str(last)}
-        if dist_info.is_main and history:
-            first, final = history[0]["total"], history[-1]["total"]
-            log.info(f"done: loss {first:.4f} (epoch {history[0]['epoch'] + 1}) -> {final:.4f} (epoch "
-                     f"{history[-1]['epoch'] + 1}); checkpoint {last}, curve {out_dir / 'loss_curve.png'}")
-        if args.eval and dist_info.is_main and history:
-            summary["ap"] = _evaluate(detector, data_root, out_dir, args, dist_info.device, log)
-        return summary
+        run = _set_up(args, dist_info, resume_path, resume_spec)
+        _log_start(run)
+        _train_epochs(run)
+        return _finish(run)
     finally:
         barrier_safe(dist_info)
         cleanup(dist_info)
         close_logging()
+
+
+def _resume_source(args: argparse.Namespace, explicit: set[str]) -> tuple[Path | None, dict | None, dict | None]:
+    """The checkpoint to resume (or ``None``), its settings, and the model it stores unless ``--model`` was given."""
+    if args.resume is None:
+        return None, None, None
+    from engine.checkpoint import load_checkpoint
+
+    if args.resume:
+        resume_path = Path(args.resume)
+    elif args.out_dir:
+        resume_path = Path(args.out_dir) / "last.pth"
+    else:
+        raise FaceNASError("--resume without a path needs --out-dir (the run folder holding last.pth)")
+    ckpt = load_checkpoint(resume_path)
+    # Rebuild from the architecture stored in the checkpoint, so a moved or edited arch file does not matter.
+    spec = None if "model" in explicit else {k: ckpt.get(k) for k in ("model", "model_name", "arch")}
+    return resume_path, ckpt.get("args") or {}, spec
+
+
+def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
+            resume_spec: dict[str, Any] | None) -> TrainingRun:
+    """Run folder, logging, detector, data, optimizer and schedule; the resumed state when resuming."""
+    import torch
+
+    from engine.checkpoint import build_from_spec, model_spec, resume_training
+    from engine.distributed import barrier
+    from engine.loaders import make_loader, resolve_data_root
+    from engine.run_log import setup_logging
+    from engine.trainer import StepSchedule
+
+    if args.batch_size % dist_info.world_size:
+        raise FaceNASError(f"--batch-size {args.batch_size} is not divisible by the {dist_info.world_size} processes")
+    out_dir = Path(args.out_dir) if args.out_dir else (resume_path.parent if resume_path else _default_out_dir(args))
+    args.out_dir = str(out_dir)
+    if resume_path is None and (out_dir / "last.pth").exists():
+        raise FaceNASError(f"{out_dir / 'last.pth'} exists: continue that run with --resume {out_dir / 'last.pth'}, "
+                           "or pass a new --out-dir")
+    log = setup_logging(out_dir / "train.log", dist_info.is_main, dist_info.rank)
+    cuda = dist_info.device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    if resume_path is not None and resume_spec is not None:
+        spec = resume_spec
+        detector = build_from_spec(spec, args.fpn_channels, str(resume_path))
+    else:
+        spec = model_spec(args.model)
+        detector = build_model(args.model, args.fpn_channels, args.backbone_weights if resume_path is None else None)
+    args.fpn_channels = detector.fpn_channels
+    detector.to(dist_info.device)
+
+    # Rank 0 generates the built-in dataset if needed; the others wait, then find it complete.
+    data_root = resolve_data_root(args.data_root, log) if dist_info.is_main else None
+    barrier(dist_info)
+    if not dist_info.is_main:
+        data_root = resolve_data_root(args.data_root, None, verbose=False)
+    from data.augment import TrainTransform
+    from data.widerface import WiderFaceDetection
+
+    dataset = WiderFaceDetection(data_root, "train", TrainTransform(args.img_size), seed=args.seed)
+    loader = make_loader(dataset, args.batch_size // dist_info.world_size, dist_info, shuffle=True, seed=args.seed,
+                         workers=args.workers)
+    model: torch.nn.Module = detector
+    if dist_info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[dist_info.device.index] if cuda
+                                                          else None)
+    optimizer = torch.optim.SGD(detector.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    # --decay-epochs counts like the reference ("x0.1 at 190"): epochs 0..189 at lr, from index 190 on x0.1.
+    schedule = StepSchedule(optimizer, args.lr, args.decay_epochs, args.decay_rate, args.warmup_epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(args.amp and cuda))
+    run = TrainingRun(args, dist_info, log, out_dir, spec, detector, model, loader, optimizer, schedule, scaler,
+                      data_root, resume_path)
+    if resume_path is not None:
+        ckpt = resume_training(resume_path, model=detector, optimizer=optimizer, scheduler=schedule, scaler=scaler,
+                               spec=spec)
+        run.start_epoch = int(ckpt["epoch"]) + 1
+        run.history = list(ckpt.get("history") or [])
+    return run
+
+
+def _log_start(run: TrainingRun) -> None:
+    """Write config.yaml and say what will run (main process)."""
+    import torch
+
+    args, dist_info = run.args, run.dist
+    if not dist_info.is_main:
+        return
+    steps = len(run.loader) if not args.max_steps_per_epoch else min(len(run.loader), args.max_steps_per_epoch)
+    per_process = args.batch_size // dist_info.world_size
+    write_config(run.out_dir / "config.yaml", {k: v for k, v in vars(args).items()
+                                               if k not in ("preset_used", "recipe")})
+    how = f"resuming from {run.resume_path} at epoch {run.start_epoch + 1}" if run.resume_path else "new run"
+    run.log.info(f"train.py: RetinaFace + {args.model} ({run.spec['model_name'] or 'arch file'}), FPN "
+                 f"{args.fpn_channels}, {how}")
+    auto = " (auto: " + ("GPU found)" if run.cuda else "no GPU, CPU-sized run; --preset recipe for the full "
+                                                      "RetinaFace recipe)") if args.preset == "auto" else ""
+    run.log.info(f"preset {args.preset_used}{auto}: {args.epochs} epochs x {steps} steps, batch {args.batch_size} "
+                 f"({dist_info.world_size} process(es) x {per_process}), {args.img_size} px, SGD lr {args.lr:g} "
+                 f"momentum {args.momentum:g} wd {args.weight_decay:g}, x{args.decay_rate:g} after epochs "
+                 f"{args.decay_epochs}, warm-up {args.warmup_epochs:g} epochs")
+    if args.preset == "auto" and args.preset_used == "quick" and args.data_root:
+        run.log.warning("WIDER FACE on a CPU with the quick preset: this is a smoke run, not the RetinaFace "
+                        "recipe; pass --preset recipe (on a GPU) to reproduce the thesis numbers")
+    run.log.info(f"device {dist_info.device}{' (AMP on)' if args.amp and run.cuda else ''}, "
+                 f"{len(run.loader.dataset)} training images, seed {args.seed}, workers {args.workers}, "
+                 f"{torch.get_num_threads()} threads, out {run.out_dir}")
+    if run.start_epoch >= args.epochs:
+        run.log.info(f"nothing to do: {run.resume_path} already finished epoch {run.start_epoch} of {args.epochs}")
+
+
+def _train_epochs(run: TrainingRun) -> None:
+    """The epoch loop: train, then checkpoint (``last.pth`` and every ``--save-every``) and plot, each epoch."""
+    from engine.checkpoint import save_checkpoint
+    from engine.distributed import barrier
+    from engine.loaders import set_epoch
+    from engine.trainer import NonFiniteLossError, train_one_epoch
+    from models.loss import MultiBoxLoss
+
+    args, dist_info, criterion = run.args, run.dist, MultiBoxLoss()
+    for epoch in range(run.start_epoch, args.epochs):
+        set_epoch(run.loader, epoch)
+        try:
+            stats = train_one_epoch(run.model, run.loader, criterion, run.optimizer, run.schedule, epoch,
+                                    scaler=run.scaler, device=dist_info.device, amp=bool(args.amp and run.cuda),
+                                    dist_info=dist_info, log=run.log if dist_info.is_main else None,
+                                    progress=args.progress, max_steps=args.max_steps_per_epoch or None,
+                                    epochs=args.epochs)
+        except NonFiniteLossError as exc:
+            kept = f"the last good checkpoint is {run.last} (epoch {epoch})" if run.last.exists() else \
+                "no checkpoint was written yet"
+            message = (f"{exc}; training stopped, nothing was saved for this epoch and {kept}. Lower --lr "
+                       f"(now {args.lr:g}), add --warmup-epochs or --grad-clip, or turn off --amp, then --resume")
+            run.log.error(message)
+            raise FaceNASError(message) from None
+        run.history.append({"epoch": epoch, **{k: float(stats[k]) for k in ("total", "cls", "box", "landmark", "lr",
+                                                                             "seconds", "images_per_s")}})
+        if dist_info.is_main:
+            paths = [run.last]
+            if args.save_every and (epoch + 1) % args.save_every == 0:
+                paths.append(run.out_dir / f"epoch_{epoch + 1:04d}.pth")
+            for path in paths:
+                save_checkpoint(path, model=run.detector, spec=run.spec, fpn_channels=run.detector.fpn_channels,
+                                epoch=epoch, optimizer=run.optimizer, scheduler=run.schedule, scaler=run.scaler,
+                                args=vars(args), history=run.history)
+            plot_losses(run.history, run.out_dir / "loss_curve.png", f"RetinaFace + {args.model}")
+        barrier(dist_info)
+
+
+def _finish(run: TrainingRun) -> dict[str, Any]:
+    """The closing log line and, when asked, the WIDER FACE evaluation; returns the run summary."""
+    summary: dict[str, Any] = {"history": run.history, "out_dir": str(run.out_dir), "last": str(run.last)}
+    if run.dist.is_main and run.history:
+        first, final = run.history[0]["total"], run.history[-1]["total"]
+        run.log.info(f"done: loss {first:.4f} (epoch {run.history[0]['epoch'] + 1}) -> {final:.4f} (epoch "
+                     f"{run.history[-1]['epoch'] + 1}); checkpoint {run.last}, curve {run.out_dir / 'loss_curve.png'}")
+    if run.args.eval and run.dist.is_main and run.history:
+        summary["ap"] = _evaluate(run.detector, run.data_root, run.out_dir, run.args, run.dist.device, run.log)
+    return summary
 
 
 def barrier_safe(dist_info: Any) -> None:

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also profile and plot the channel sweep")
     args = parser.parse_args()
 
-    from nas.spaces import PRESETS
+    from models.search_space import PRESETS
 
     res = PRESETS[args.preset]["latency_size"]
     stem = f"{args.preset}_{args.device}_{res}"

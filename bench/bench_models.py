@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402  (registers the facenas_* models)
+from latency.measure import cpu_model  # noqa: E402
 from models.backbone import deploy_form  # noqa: E402
-from nas.measure import cpu_model  # noqa: E402
 
 THESIS = {"R12_V3_HS / mobile0.25 (Raspberry Pi 4)": 0.61, "TT3_NoSE / ResNet-50 (V100, batch 8)": 0.725,
           "ResNet-50 / mobile0.25 (Raspberry Pi 4)": 7.5}

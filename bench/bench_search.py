@@ -35,12 +35,11 @@ CONFIGS = {"f12_p1_0.5": 0.5, "f12_p1_0.7": 0.7, "f11": 1.0}
 
 def sweep(args: argparse.Namespace) -> None:
     import search
+    from latency.internal_mode import LatencyTable
+    from latency.measure import cpu_model
+    from latency.predict import edge_costs, predict_latency
     from models.arch import Arch
-    from nas.cost import predict_latency
-    from nas.latency_loss import edge_costs
-    from nas.latency_table import LatencyTable
-    from nas.measure import cpu_model
-    from nas.spaces import get_space
+    from models.search_space import get_space
     from tools.latency_report import measure_networks
 
     table = LatencyTable.load(args.latency_table)
@@ -102,8 +101,8 @@ def sweep(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------------- steps
 def _largest_path(space) -> list[int]:
     """Per edge the candidate with the most FLOPs (Zero never): the largest single path."""
+    from latency.analytic import block_counts
     from models.naming import format_block
-    from nas.cost import block_counts
 
     _, edges = space.placed(320)
     return [max((i for i, c in enumerate(cands) if c.family != "Zero"),
@@ -112,11 +111,12 @@ def _largest_path(space) -> list[int]:
 
 def one(args: argparse.Namespace) -> None:
     """Child process: time one kind of step and print JSON with the median time and the peak memory."""
+    from latency.predict import EdgeCosts
     from models.backbone import FaceNASBackbone
     from models.loss import MultiBoxLoss
     from models.retinaface import RetinaFace
-    from nas.latency_loss import EdgeCosts, expected_latency, latency_loss
-    from nas.spaces import get_space
+    from models.search_space import get_space
+    from nas.latency_loss import expected_latency, latency_loss
     from nas.supernet import SuperNet
 
     torch.manual_seed(0)
@@ -181,14 +181,7 @@ def _rss_mb() -> float:
 
 
 def _arch_of(net, choices):
-    from models.arch import Arch
-
-    fixed = dict(net.space.fixed_specs())
-    stages = [[] for _ in net.space.stages]
-    for info, edge, c in zip(net.edge_info, net.edges, choices):
-        stages[info.stage].append(edge.candidates[c])
-    return Arch("largest", fixed["first_conv"], [fixed["pre_stage.0"]], net.space.maxpool, stages,
-                fixed.get("last_conv")).validate()
+    return net.space.arch_from_choices(choices, "largest")
 
 
 class _Pyramid(torch.nn.Module):

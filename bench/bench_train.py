@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
 from engine.trainer import StepSchedule, train_step  # noqa: E402
+from latency.measure import cpu_model  # noqa: E402
 from models.loss import MultiBoxLoss  # noqa: E402
-from nas.measure import cpu_model  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -34,7 +34,7 @@ CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 MAX_CROP_TRIALS = 250
 """Crop draws before falling back to the whole image (reference value)."""
 
-RGB_MEAN = (104, 117, 123)
+BGR_MEAN = (104, 117, 123)
 """Mean colour in BGR order (OpenCV channel order), subtracted from every input image."""
 
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
@@ -175,7 +175,7 @@ def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return out
 
 
-def pad_to_square(image: np.ndarray, fill: Sequence[float] = RGB_MEAN) -> np.ndarray:
+def pad_to_square(image: np.ndarray, fill: Sequence[float] = BGR_MEAN) -> np.ndarray:
     """Pad an image to a square of its long side, image at the top left, padding in the colour ``fill``."""
     height, width = image.shape[:2]
     if height == width:
@@ -208,7 +208,7 @@ def mirror(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
 
 
 def resize_subtract_mean(image: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR,
-                         mean: Sequence[float] = RGB_MEAN) -> np.ndarray:
+                         mean: Sequence[float] = BGR_MEAN) -> np.ndarray:
     """Resize to ``size`` x ``size``, subtract the BGR mean and return float32 CHW."""
     resized = cv2.resize(image, (size, size), interpolation=interpolation).astype(np.float32)
     resized -= np.asarray(mean, np.float32)
@@ -236,15 +236,15 @@ class TrainTransform:
 
     Args:
         img_size: Output side in pixels.
-        rgb_mean: BGR mean subtracted from the image (also the padding colour).
+        bgr_mean: BGR mean subtracted from the image (also the padding colour).
         min_face: A crop must keep one face at least this many pixels (shorter side) at ``img_size`` scale.
     """
 
-    def __init__(self, img_size: int = 640, rgb_mean: Sequence[float] = RGB_MEAN, min_face: float = 16.0) -> None:
+    def __init__(self, img_size: int = 640, bgr_mean: Sequence[float] = BGR_MEAN, min_face: float = 16.0) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be positive, got {img_size}")
         self.img_size = int(img_size)
-        self.rgb_mean = tuple(float(v) for v in rgb_mean)
+        self.bgr_mean = tuple(float(v) for v in bgr_mean)
         self.min_face = float(min_face)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray, flags: np.ndarray,
@@ -264,12 +264,12 @@ class TrainTransform:
         image, boxes, landmarks, flags, _ = random_crop(image, boxes, landmarks, flags, rng, self.img_size,
                                                         self.min_face)
         image = photometric_distort(image, rng)
-        image = pad_to_square(image, self.rgb_mean)
+        image = pad_to_square(image, self.bgr_mean)
         if rng.random() < 0.5:
             image, boxes, landmarks = mirror(image, boxes, landmarks, flags)
         side = image.shape[0]
         interpolation = INTERPOLATIONS[int(rng.integers(0, len(INTERPOLATIONS)))]
-        chw = resize_subtract_mean(image, self.img_size, interpolation, self.rgb_mean)
+        chw = resize_subtract_mean(image, self.img_size, interpolation, self.bgr_mean)
         return chw, make_target(boxes, landmarks, flags, side, side)
 
 
@@ -282,17 +282,17 @@ class ValTransform:
 
     Args:
         img_size: Output side in pixels.
-        rgb_mean: BGR mean subtracted from the image.
+        bgr_mean: BGR mean subtracted from the image.
         mirror: Flip with probability 0.5.
         keep_aspect: Pad to a square before resizing.
     """
 
-    def __init__(self, img_size: int = 640, rgb_mean: Sequence[float] = RGB_MEAN, mirror: bool = True,
+    def __init__(self, img_size: int = 640, bgr_mean: Sequence[float] = BGR_MEAN, mirror: bool = True,
                  keep_aspect: bool = False) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be positive, got {img_size}")
         self.img_size = int(img_size)
-        self.rgb_mean = tuple(float(v) for v in rgb_mean)
+        self.bgr_mean = tuple(float(v) for v in bgr_mean)
         self.mirror = bool(mirror)
         self.keep_aspect = bool(keep_aspect)
 
@@ -301,9 +301,9 @@ class ValTransform:
         """Transform one image; same arguments and outputs as :meth:`TrainTransform.__call__`."""
         boxes, landmarks, flags = _drop_empty(*_as_arrays(boxes, landmarks, flags))
         if self.keep_aspect:
-            image = pad_to_square(image, self.rgb_mean)
+            image = pad_to_square(image, self.bgr_mean)
         if self.mirror and rng.random() < 0.5:
             image, boxes, landmarks = mirror(image, boxes, landmarks, flags)
         height, width = image.shape[:2]
-        chw = resize_subtract_mean(image, self.img_size, cv2.INTER_LINEAR, self.rgb_mean)
+        chw = resize_subtract_mean(image, self.img_size, cv2.INTER_LINEAR, self.bgr_mean)
         return chw, make_target(boxes, landmarks, flags, width, height)

@@ -31,7 +31,6 @@ bin and a cumulative sum gives all thresholds at once.
 """
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from collections.abc import Mapping
@@ -40,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_write
 from utils.errors import FaceNASError
+from utils.figures import pyplot, save_figure
 
 SETTINGS = ("easy", "medium", "hard")
 """Subset names in report order."""
@@ -473,11 +472,7 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
         path: Output ``.png`` file.
         title: Figure title; default "WIDER FACE val".
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     for setting in SETTINGS:
         curve = result["curves"][setting]
@@ -489,7 +484,4 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
     ax.set_title(title or "WIDER FACE val")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    save_figure(fig, path, tight=True)

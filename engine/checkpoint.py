@@ -1,7 +1,9 @@
-"""Training checkpoints: atomic save, format check, rebuilding the detector, resume.
+"""Checkpoints of training and search runs: atomic save, checked loading, rebuilding the detector, resume.
 
-A checkpoint is a ``torch.save`` dict that ``torch.load(weights_only=True)`` can read (plain containers, numbers,
-strings and tensors only)::
+Both kinds are ``torch.save`` dicts that ``torch.load(weights_only=True)`` can read (plain containers, numbers,
+strings and tensors only: no code runs from a checkpoint file), written by :func:`write_checkpoint` and read by
+:func:`read_checkpoint`, which checks the ``format`` field. The search's payload is described in
+:mod:`nas.searcher`; a training checkpoint holds::
 
     format        "facenas-retinaface/1"
     model         the model as given (registry name, thesis spelling or arch file) for display
@@ -32,6 +34,44 @@ from utils.atomic import atomic_write
 from utils.errors import FaceNASError
 
 FORMAT = "facenas-retinaface/1"
+
+
+def write_checkpoint(paths: str | Path | list[str | Path], payload: dict[str, Any]) -> None:
+    """Serialise ``payload`` once and write it atomically (temporary file + rename) to every path in ``paths``."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    for path in paths if isinstance(paths, list) else [paths]:
+        atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
+
+
+def read_checkpoint(path: str | Path, expected_format: str, kind: str, what: str, hint: str,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check its ``format``.
+
+    Args:
+        path: the file.
+        expected_format: the ``format`` field it must have.
+        kind: the kind of checkpoint expected ("detector", "search").
+        what: the file's name in messages ("checkpoint", "search checkpoint").
+        hint: what to do when it is of another kind.
+        map_location: where tensors go.
+
+    Raises:
+        FaceNASError: missing, unreadable or of another format (one line naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FaceNASError(f"{path}: {what} not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling / zip error means the same thing to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FaceNASError(f"{path}: not a readable {what} ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise FaceNASError(f"{path}: not a FaceNAS {kind} checkpoint (format {found!r}, expected {expected_format!r}); "
+                           f"{hint}")
+    return ckpt
 
 
 def model_spec(model: str | Path | Any) -> dict[str, Any]:
@@ -147,9 +187,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, spec: dict[str, Any],
         "extra": extra or {},
         "torch_version": str(torch.__version__),
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
+    write_checkpoint(path, payload)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -158,19 +196,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises:
         FaceNASError: missing, unreadable or not a FaceNAS detector checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FaceNASError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling / zip error means the same thing to the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FaceNASError(f"{path}: not a readable checkpoint ({first[:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise FaceNASError(f"{path}: not a FaceNAS detector checkpoint (format {found!r}, expected {FORMAT!r}); "
-                           "train one with train.py")
-    return ckpt
+    return read_checkpoint(path, FORMAT, "detector", "checkpoint", "train one with train.py", map_location)
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

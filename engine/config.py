@@ -119,10 +119,15 @@ def config_to_argv(path: str | Path, parser: argparse.ArgumentParser) -> list[st
     return argv
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
     """Parse ``argv`` with ``--config FILE`` support (the parser must define ``--config``).
 
     The config's values come first, the command line after, so the command line overrides the file.
+
+    Returns:
+        ``(args, explicit)``: the namespace, and the destinations the config file or the command line set (the
+        others hold their defaults), so scripts can layer presets and resumed settings under what the user gave.
     """
     import sys
 
@@ -133,7 +138,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     extra = config_to_argv(known.config, parser) if known.config else []
     args = parser.parse_args(extra + argv)
     args.config = known.config
-    return args
+    probe = argparse.ArgumentParser(add_help=False)
+    probe._add_container_actions(parser)  # noqa: SLF001 - the same options, without their defaults
+    for action in probe._actions:  # noqa: SLF001
+        action.default = argparse.SUPPRESS
+        action.required = False
+    explicit = set(vars(probe.parse_args(extra + argv))) - {"config"}
+    return args, explicit
 
 
 def write_config(path: str | Path, args: argparse.Namespace | dict[str, Any],

@@ -135,13 +135,6 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Maximum of ``tensor`` over all processes, in place (used to agree on "any rank saw a NaN")."""
-    if info.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
-
-
 def broadcast_object(obj: object, info: DistInfo, src: int = 0) -> object:
     """Send a picklable object from ``src`` to every process and return it."""
     if not info.distributed:

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-RGB_MEAN = (104.0, 117.0, 123.0)
+from data.augment import BGR_MEAN
+from utils.progress import track
+
 TEST_MAX_SIZE = 2150
 
 
@@ -63,7 +64,7 @@ def preprocess(image: np.ndarray, scale: float = 1.0) -> torch.Tensor:
 
     if scale != 1.0:
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    array = image.astype(np.float32) - np.asarray(RGB_MEAN, np.float32)
+    array = image.astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 
 
@@ -108,8 +109,7 @@ def predict_to_folder(detector: nn.Module, images: Iterable[tuple[np.ndarray, st
     detector.eval()
     written = 0
     faces = 0
-    for image, event, name in tqdm(images, total=total, desc="predict", disable=not progress, dynamic_ncols=True,
-                                   leave=False):
+    for image, event, name in track(images, total=total, desc="predict", unit="image", enabled=progress):
         found = detect_image(detector, image, settings, device)
         boxes = found["boxes"]
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else \

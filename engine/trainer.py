@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from engine.distributed import DistInfo, all_reduce_sum, unwrap
 from utils.errors import FaceNASError
+from utils.progress import Progress
 
 LOSS_KEYS = ("total", "cls", "box", "landmark")
 
@@ -211,7 +211,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         schedule: sets the rate each step (None = leave it).
         epoch: 0-based epoch.
         log: receives a summary line.
-        progress: show a tqdm bar (main process only).
+        progress: show a progress bar (main process only).
         max_steps: stop after this many steps (benchmarks, tests).
         epochs: total epochs, for the bar's label.
 
@@ -225,7 +225,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     if max_steps is not None:
         steps = min(steps, max_steps) if steps is not None else max_steps
     label = f"epoch {epoch + 1}/{epochs}" if epochs else f"epoch {epoch + 1}"
-    bar = tqdm(total=steps, desc=label, disable=not (progress and info.is_main), dynamic_ncols=True, leave=False)
+    bar = Progress(steps or 0, label, "step", enabled=progress and info.is_main)
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     count = 0
     images = 0
@@ -243,9 +243,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
                 sums[key] += out.losses[key]
             count += 1
             images += out.images * info.world_size
-            bar.set_postfix(loss=f"{out.losses['total']:.3f}", cls=f"{out.losses['cls']:.3f}",
-                            box=f"{out.losses['box']:.3f}", lmk=f"{out.losses['landmark']:.3f}", lr=f"{lr:.2g}")
-            bar.update(1)
+            bar.update(1, f"loss={out.losses['total']:.3f}, cls={out.losses['cls']:.3f}, "
+                          f"box={out.losses['box']:.3f}, lmk={out.losses['landmark']:.3f}, lr={lr:.2g}")
     finally:
         bar.close()
     if device is not None and torch.device(device).type == "cuda":

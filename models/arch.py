@@ -26,6 +26,13 @@ from utils.jsonfile import read_json
 ARCH_FORMAT = "facenas-arch/1"
 FPN_REDUCTIONS = (8, 16, 32)
 MAXPOOL = BlockSpec("MaxPool", kernel=3, stride=2)
+#: The thesis' ``_HS`` variants put HardSwish in stages 3 and 4 (0-based 2, 3; later stages too) and the last conv.
+HARDSWISH_FIRST_STAGE = 2
+
+
+def is_hardswish_stage(stage_index: int) -> bool:
+    """Whether a stage (0-based) runs HardSwish in an ``_HS`` network: the one rule for archs and search spaces."""
+    return stage_index >= HARDSWISH_FIRST_STAGE
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,26 @@ class Arch:
         if picked[-1] != len(info) - 1:
             raise FaceNASError(f"architecture {self.name!r} reduces below stride 32 after the FPN's last level")
         return tuple(picked)  # type: ignore[return-value]
+
+    def fpn_stage_taps(self) -> tuple[list[int], bool]:
+        """Which stage outputs feed the FPN, and whether the last conv does (then it is the stride-32 level).
+
+        The one FPN-tap rule of the backbone and the supernet (from :meth:`fpn_indices`).
+        """
+        picked = self.fpn_indices()
+        return [i for i in picked if i < len(self.stages)], self.last_conv is not None
+
+    def fpn_channels(self) -> list[int]:
+        """Channel counts of the three FPN inputs."""
+        info = self.feature_info()
+        return [info[i]["num_chs"] for i in self.fpn_indices()]
+
+    def with_hardswish(self) -> Arch:
+        """The ``_HS`` form of this network (HardSwish where :func:`is_hardswish_stage` says, and the last conv)."""
+        stages = [[replace(spec, act="HS") for spec in blocks] if is_hardswish_stage(s) else list(blocks)
+                  for s, blocks in enumerate(self.stages)]
+        last = None if self.last_conv is None else replace(self.last_conv, act="HS")
+        return replace(self, stages=stages, last_conv=last, meta=dict(self.meta))
 
     def validate(self, input_size: int = 640) -> Arch:
         """Check the whole architecture (blocks fit their inputs, FPN levels exist); return ``self``."""

@@ -7,6 +7,9 @@ Module layout (what timm's ``features_only`` wrapper walks, with ``flatten_seque
     last_conv  the 1x1 conv (or Identity)
     head       global pool + optional linear classifier (unused by the detector; timm convention)
 
+:func:`build_stem` and :func:`build_last_conv` are the one builder of the fixed parts, shared with the supernet
+(:class:`nas.supernet.SuperNet`), and :meth:`models.arch.Arch.fpn_stage_taps` the one FPN-tap rule.
+
 torch only, like the blocks, so ``profile_latency.py`` can build whole backbones too.
 """
 from __future__ import annotations
@@ -19,6 +22,22 @@ from torch import nn
 
 from models.arch import MAXPOOL, Arch
 from models.blocks import Block, fuse_bn
+
+
+def build_stem(arch: Arch, in_chans: int = 3) -> tuple[nn.Sequential, int]:
+    """First conv, pre-stage blocks and the optional MaxPool as one ``Sequential``; returns it and its width."""
+    cin, stem = in_chans, []
+    for spec in [arch.first_conv, *arch.pre_stage]:
+        stem.append(Block(spec, cin))
+        cin = spec.cout
+    if arch.maxpool:
+        stem.append(Block(MAXPOOL, cin))
+    return nn.Sequential(*stem), cin
+
+
+def build_last_conv(arch: Arch, cin: int) -> nn.Module:
+    """The last 1x1 conv (the FPN's stride-32 input), or ``Identity`` when the architecture has none."""
+    return nn.Identity() if arch.last_conv is None else Block(arch.last_conv, cin)
 
 
 class FaceNASBackbone(nn.Module):
@@ -39,14 +58,7 @@ class FaceNASBackbone(nn.Module):
         arch.validate()
         self.arch = arch
         self.in_chans = in_chans
-        cin = in_chans
-        stem: list[nn.Module] = []
-        for spec in [arch.first_conv, *arch.pre_stage]:
-            stem.append(Block(spec, cin))
-            cin = spec.cout
-        if arch.maxpool:
-            stem.append(Block(MAXPOOL, cin))
-        self.stem = nn.Sequential(*stem)
+        self.stem, cin = build_stem(arch, in_chans)
         stages = []
         for blocks in arch.stages:
             layers = []
@@ -55,7 +67,7 @@ class FaceNASBackbone(nn.Module):
                 cin = spec.cout
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.last_conv: nn.Module = nn.Identity() if arch.last_conv is None else Block(arch.last_conv, cin)
+        self.last_conv = build_last_conv(arch, cin)
         self.num_features = self.head_hidden_size = arch.last_conv.cout if arch.last_conv else cin
         self.feature_info = arch.feature_info()
         self.drop_rate = drop_rate
@@ -84,15 +96,14 @@ class FaceNASBackbone(nn.Module):
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The three FPN inputs (strides 8, 16, 32) without timm's wrapper."""
-        wanted = set(self.arch.fpn_indices())
-        outs, index = [], 0
+        taps, last = self.arch.fpn_stage_taps()
+        outs = []
         x = self.stem(x)
-        for stage in self.stages:
+        for index, stage in enumerate(self.stages):
             x = stage(x)
-            if index in wanted:
+            if index in taps:
                 outs.append(x)
-            index += 1
-        if self.arch.last_conv is not None:
+        if last:
             outs.append(self.last_conv(x))
         return outs
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from data.augment import BGR_MEAN
 from models.arch import Arch
 from models.backbone import FaceNASBackbone
 from models.naming import parse_block
@@ -29,8 +30,8 @@ from utils.errors import FaceNASError
 __all__ = ["ALIASES", "ZOO", "published_arch", "resolve_model_name"]
 
 ARCH_DIR = Path(__file__).parent / "archs"
-# RetinaFace feeds OpenCV BGR images minus (104, 117, 123) without scaling; in timm's terms (x/255 - mean) / std.
-RETINAFACE_MEAN = (104 / 255, 117 / 255, 123 / 255)
+# RetinaFace feeds OpenCV BGR images minus BGR_MEAN without scaling; in timm's terms (x/255 - mean) / std.
+RETINAFACE_MEAN = tuple(v / 255 for v in BGR_MEAN)
 RETINAFACE_STD = (1 / 255, 1 / 255, 1 / 255)
 
 
@@ -42,17 +43,17 @@ def _with_pre_stage(arch: Arch, block: str) -> Arch:
     return arch
 
 
-def _with_act(arch: Arch, act: str, stages: tuple[int, ...] = (2, 3), last_conv: bool = True) -> Arch:
-    """_HS: HardSwish in stages 3-4 (0-based 2, 3) and the last conv (Tables 42, 44, 45, 51, 53)."""
-    for s in stages:
-        arch.stages[s] = [replace(spec, act=act) for spec in arch.stages[s]]
-    if last_conv and arch.last_conv is not None:
+def _all_act(arch: Arch, act: str) -> Arch:
+    """Every stage and the last conv with one activation (R11_V2, R12_V3: Table 44/45 without HardSwish)."""
+    arch.stages = [[replace(spec, act=act) for spec in blocks] for blocks in arch.stages]
+    if arch.last_conv is not None:
         arch.last_conv = replace(arch.last_conv, act=act)
     return arch
 
 
-def _all_act(arch: Arch, act: str) -> Arch:
-    return _with_act(arch, act, stages=tuple(range(len(arch.stages))))
+def _hardswish(arch: Arch) -> Arch:
+    """_HS: HardSwish in stages 3-4 and the last conv (Tables 42, 44, 45, 51, 53; :meth:`Arch.with_hardswish`)."""
+    return arch.with_hardswish()
 
 
 def _with_se(arch: Arch, kind: str | None) -> Arch:
@@ -66,7 +67,7 @@ def _with_se(arch: Arch, kind: str | None) -> Arch:
     return arch
 
 
-# name -> (base file, recipe, source note, fixed input side used in the thesis' latency tables)
+# name -> (base file in models/archs/, recipe steps applied to it in order, where the thesis gives it)
 _Recipe = Callable[[Arch], Arch]
 ZOO: dict[str, tuple[str, list[_Recipe], str]] = {
     "TT3": ("tt3", [], "Table 30"),
@@ -75,8 +76,8 @@ ZOO: dict[str, tuple[str, list[_Recipe], str]] = {
     "R5": ("r5", [], "Table 38"),
     "R5_V2": ("r5", [lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16")], "Table 39"),
     "R5_V3": ("r5", [lambda a: _with_pre_stage(a, "3x3_DKConv_16")], "Table 39"),
-    "R5_V2_HS": ("r5", [lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16"), lambda a: _with_act(a, "HS")], "Table 42"),
-    "R5_V3_HS": ("r5", [lambda a: _with_pre_stage(a, "3x3_DKConv_16"), lambda a: _with_act(a, "HS")], "Table 42"),
+    "R5_V2_HS": ("r5", [lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16"), _hardswish], "Table 42"),
+    "R5_V3_HS": ("r5", [lambda a: _with_pre_stage(a, "3x3_DKConv_16"), _hardswish], "Table 42"),
     "R11_V2": ("r11_v2_hs", [lambda a: _all_act(a, "LR")], "Table 41 (Table 44 without HardSwish)"),
     "R11_V3": ("r11_v2_hs", [lambda a: _all_act(a, "LR"), lambda a: _with_pre_stage(a, "3x3_DKConv_16")],
                "Table 41 (Table 44, DK pre-stage, LeakyReLU)"),
@@ -88,9 +89,9 @@ ZOO: dict[str, tuple[str, list[_Recipe], str]] = {
     "R12_V2_HS": ("r12_v3_hs", [lambda a: _with_pre_stage(a, "3x3_KKConv_Mid_16")], "Table 42 (Table 45, KK_Mid)"),
     "R12_V3_HS": ("r12_v3_hs", [], "Table 45"),
     "J1": ("j1", [], "Table 49"),
-    "J1_HS": ("j1", [lambda a: _with_act(a, "HS")], "Table 51"),
+    "J1_HS": ("j1", [_hardswish], "Table 51"),
     "J15": ("j15", [], "Table 50"),
-    "J15_HS": ("j15", [lambda a: _with_act(a, "HS")], "Table 53"),
+    "J15_HS": ("j15", [_hardswish], "Table 53"),
     "mobilenetv1_0.25": ("mobilenetv1_025", [], "RetinaFace mobile0.25"),
 }
 
@@ -154,31 +155,32 @@ def _cfg(description: str, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "facenas_tt3": _cfg("TT3 with eSE, DGX-1 V100 target 5.5 ms [8,640,640] (Table 30)"),
-    "facenas_tt3_se": _cfg("TT3 with SE (Table 32)"),
-    "facenas_tt3_nose": _cfg("TT3_NoSE, final DGX-1 network (Table 34)"),
-    "facenas_r5": _cfg("R5, Raspberry Pi 4 (Table 38)"),
-    "facenas_r5_v2": _cfg("R5_V2: R5 with a KK_Mid pre-stage (Table 39)"),
-    "facenas_r5_v3": _cfg("R5_V3: R5 with a DK pre-stage (Table 39)"),
-    "facenas_r5_v2_hs": _cfg("R5_V2_HS (Table 42)"),
-    "facenas_r5_v3_hs": _cfg("R5_V3_HS (Table 42)"),
-    "facenas_r11_v2": _cfg("R11_V2 (Table 41)"),
-    "facenas_r11_v3": _cfg("R11_V3 (Table 41)"),
-    "facenas_r11_v2_hs": _cfg("R11_V2_HS, final Raspberry Pi 4 network, 235 ms [1,320,320] (Table 44)"),
-    "facenas_r11_v3_hs": _cfg("R11_V3_HS (Table 42)"),
-    "facenas_r12_v2": _cfg("R12_V2 (Table 41)"),
-    "facenas_r12_v3": _cfg("R12_V3 (Table 41)"),
-    "facenas_r12_v2_hs": _cfg("R12_V2_HS (Table 42)"),
-    "facenas_r12_v3_hs": _cfg("R12_V3_HS, fast Raspberry Pi 4 network, 125 ms [1,320,320] (Table 45)"),
-    "facenas_j1": _cfg("J1, Jetson Nano (Table 49)"),
-    "facenas_j1_hs": _cfg("J1_HS (Table 51)"),
-    "facenas_j15": _cfg("J15, Jetson Nano (Table 50)"),
-    "facenas_j15_hs": _cfg("J15_HS, final Jetson Nano network, 37.5 ms [1,640,640] (Table 53)"),
-    "facenas_mobilenetv1_025": _cfg("RetinaFace MobileNetV1-0.25 backbone ('mobile0.25') as a FaceNAS arch",
-                                    license="mit"),
-    "facenas_arch": _cfg("any FaceNAS architecture file: create_model('facenas_arch', arch='arch.json')"),
-})
+#: registry name -> description (the default cfg's and the entrypoint's docstring)
+DESCRIPTIONS = {
+    "facenas_tt3": "TT3 with eSE, DGX-1 V100 target 5.5 ms [8,640,640] (Table 30)",
+    "facenas_tt3_se": "TT3 with SE (Table 32)",
+    "facenas_tt3_nose": "TT3_NoSE, final DGX-1 network (Table 34)",
+    "facenas_r5": "R5, Raspberry Pi 4 (Table 38)",
+    "facenas_r5_v2": "R5_V2: R5 with a KK_Mid pre-stage (Table 39)",
+    "facenas_r5_v3": "R5_V3: R5 with a DK pre-stage (Table 39)",
+    "facenas_r5_v2_hs": "R5_V2_HS (Table 42)",
+    "facenas_r5_v3_hs": "R5_V3_HS (Table 42)",
+    "facenas_r11_v2": "R11_V2 (Table 41)",
+    "facenas_r11_v3": "R11_V3 (Table 41)",
+    "facenas_r11_v2_hs": "R11_V2_HS, final Raspberry Pi 4 network, 235 ms [1,320,320] (Table 44)",
+    "facenas_r11_v3_hs": "R11_V3_HS (Table 42)",
+    "facenas_r12_v2": "R12_V2 (Table 41)",
+    "facenas_r12_v3": "R12_V3 (Table 41)",
+    "facenas_r12_v2_hs": "R12_V2_HS (Table 42)",
+    "facenas_r12_v3_hs": "R12_V3_HS, fast Raspberry Pi 4 network, 125 ms [1,320,320] (Table 45)",
+    "facenas_j1": "J1, Jetson Nano (Table 49)",
+    "facenas_j1_hs": "J1_HS (Table 51)",
+    "facenas_j15": "J15, Jetson Nano (Table 50)",
+    "facenas_j15_hs": "J15_HS, final Jetson Nano network, 37.5 ms [1,640,640] (Table 53)",
+    "facenas_mobilenetv1_025": "RetinaFace MobileNetV1-0.25 backbone ('mobile0.25') as a FaceNAS arch",
+    "facenas_arch": "any FaceNAS architecture file: create_model('facenas_arch', arch='arch.json')",
+}
+default_cfgs = generate_default_cfgs({name: _cfg(text) for name, text in DESCRIPTIONS.items()})
 
 
 # ------------------------------------------------------------------------------------------------ builder
@@ -224,134 +226,22 @@ def _create(variant: str, arch: Arch, pretrained: bool = False, **kwargs: Any) -
     )
 
 
-def _zoo(variant: str, name: str, pretrained: bool, **kwargs: Any) -> FaceNASBackbone:
-    return _create(variant, published_arch(name), pretrained, **kwargs)
+def _zoo_entrypoint(variant: str, name: str) -> Callable[..., FaceNASBackbone]:
+    """The timm entrypoint of one published network (one per :data:`ZOO` entry, registered below)."""
+
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
+        return _create(variant, published_arch(name), pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = variant
+    entrypoint.__doc__ = f"{DESCRIPTIONS[variant]}."
+    return entrypoint
 
 
-@register_model
-def facenas_tt3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """TT3 (eSE in the pre-stage and stages 1-3), DGX-1 search, Table 30."""
-    return _zoo("facenas_tt3", "TT3", pretrained, **kwargs)
-
-
-@register_model
-def facenas_tt3_se(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """TT3 with SE instead of eSE, Table 32."""
-    return _zoo("facenas_tt3_se", "TT3_SE", pretrained, **kwargs)
-
-
-@register_model
-def facenas_tt3_nose(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """TT3_NoSE, the final DGX-1 backbone, Table 34."""
-    return _zoo("facenas_tt3_nose", "TT3_NoSE", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r5(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R5 (MBV1 pre-stage), Raspberry Pi 4, Table 38."""
-    return _zoo("facenas_r5", "R5", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r5_v2(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R5_V2 (KK_Mid pre-stage), Table 39."""
-    return _zoo("facenas_r5_v2", "R5_V2", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r5_v3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R5_V3 (DK pre-stage), Table 39."""
-    return _zoo("facenas_r5_v3", "R5_V3", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r5_v2_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R5_V2 with HardSwish in stages 3-4, Table 42."""
-    return _zoo("facenas_r5_v2_hs", "R5_V2_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r5_v3_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R5_V3 with HardSwish in stages 3-4, Table 42."""
-    return _zoo("facenas_r5_v3_hs", "R5_V3_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r11_v2(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R11_V2 (all DK, KK_Mid pre-stage, LeakyReLU), Table 41."""
-    return _zoo("facenas_r11_v2", "R11_V2", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r11_v3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R11_V3 (all DK, DK pre-stage, LeakyReLU), Table 41."""
-    return _zoo("facenas_r11_v3", "R11_V3", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r11_v2_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R11_V2_HS, the final Raspberry Pi 4 backbone, Table 44."""
-    return _zoo("facenas_r11_v2_hs", "R11_V2_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r11_v3_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R11_V3_HS, Table 42."""
-    return _zoo("facenas_r11_v3_hs", "R11_V3_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r12_v2(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R12_V2 (KK family, KK_Mid pre-stage, LeakyReLU), Table 41."""
-    return _zoo("facenas_r12_v2", "R12_V2", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r12_v3(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R12_V3 (KK family, DK pre-stage, LeakyReLU), Table 41."""
-    return _zoo("facenas_r12_v3", "R12_V3", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r12_v2_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R12_V2_HS, Table 42."""
-    return _zoo("facenas_r12_v2_hs", "R12_V2_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_r12_v3_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """R12_V3_HS, the fast Raspberry Pi 4 backbone, Table 45."""
-    return _zoo("facenas_r12_v3_hs", "R12_V3_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_j1(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """J1, Jetson Nano, Table 49."""
-    return _zoo("facenas_j1", "J1", pretrained, **kwargs)
-
-
-@register_model
-def facenas_j1_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """J1 with HardSwish in stages 3-4, Table 51."""
-    return _zoo("facenas_j1_hs", "J1_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_j15(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """J15 (LeakyReLU), Jetson Nano, Table 50."""
-    return _zoo("facenas_j15", "J15", pretrained, **kwargs)
-
-
-@register_model
-def facenas_j15_hs(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """J15_HS, the final Jetson Nano backbone, Table 53."""
-    return _zoo("facenas_j15_hs", "J15_HS", pretrained, **kwargs)
-
-
-@register_model
-def facenas_mobilenetv1_025(pretrained: bool = False, **kwargs: Any) -> FaceNASBackbone:
-    """RetinaFace's MobileNetV1-0.25 backbone ('mobile0.25'), expressed in the FaceNAS schema."""
-    return _zoo("facenas_mobilenetv1_025", "mobilenetv1_0.25", pretrained, **kwargs)
+# One @register_model entrypoint per published network, named like ALIASES (facenas_r12_v3_hs, ...), built from the
+# ZOO data rather than written out 21 times; each is also a module attribute, as a hand-written one would be.
+for _name in ZOO:
+    _variant = ALIASES[_name.lower()]
+    globals()[_variant] = register_model(_zoo_entrypoint(_variant, _name))
 
 
 @register_model

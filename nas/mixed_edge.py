@@ -58,7 +58,7 @@ class MixedEdge(nn.Module):
     """One searchable layer: candidate blocks, architecture parameters and binary gates.
 
     Args:
-        candidates: candidate specs (``Zero`` allowed; see :class:`~nas.spaces.SearchSpace`).
+        candidates: candidate specs (``Zero`` allowed; see :class:`~models.search_space.SearchSpace`).
         cin: input channels.
         alpha_init_std: standard deviation of alpha's normal initialisation (ProxylessNAS: 1e-3).
     """

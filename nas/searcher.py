@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import time
@@ -24,17 +22,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import rng_state, set_rng_state
+from engine.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from engine.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object
 from engine.loaders import make_loader, resolve_data_root, set_epoch, split_holdout
 from engine.trainer import compute_loss, format_losses, train_step
+from latency.predict import EdgeCosts
 from models.loss import MultiBoxLoss
 from models.retinaface import RetinaFace
-from nas.latency_loss import EdgeCosts, expected_latency, latency_loss
-from nas.spaces import SearchSpace
+from models.search_space import SearchSpace
+from nas.latency_loss import expected_latency, latency_loss
 from nas.supernet import SuperNet
-from utils.atomic import atomic_write, atomic_write_json
+from utils.atomic import atomic_write_json
 from utils.errors import FaceNASError
+from utils.figures import pyplot, save_figure
+from utils.progress import Progress
 
 CHECKPOINT_FORMAT = "facenas-search/1"
 # settings a resumed search may change (the thesis resumes from warm-up to try other targets or lambdas)
@@ -80,7 +81,7 @@ class Searcher:
 
     Args:
         space: the search space.
-        costs: per-candidate costs of the space at the table's resolution (:func:`nas.latency_loss.edge_costs`).
+        costs: per-candidate costs of the space at the table's resolution (:func:`latency.predict.edge_costs`).
         settings: the run's settings.
         dist: this process's place in the job.
         log: logger (console + the run's log file on rank 0).
@@ -215,11 +216,8 @@ class Searcher:
                 for k, v in record.items():
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(self._postfix(sums, counts, warmup))
-            if bar is not None:
-                bar.close()
+                bar.update(1, self._postfix(sums, counts, warmup))
+            bar.close()
             summary = {k: sums[k] / counts[k] for k in sums}
             summary.update(self._status(), epoch=epoch, phase="warmup" if warmup else "search",
                            seconds=round(time.time() - start, 2))
@@ -236,20 +234,14 @@ class Searcher:
         """Expected latency under the full softmax, the argmax network's cost and its compact description."""
         with torch.no_grad():
             full = float(expected_latency(self.net, self.costs, self.s.p1, use_paths=False))
-        choices = [e.argmax() for e in self.net.edges]
+        choices = self.net.argmax_choices()
         probs = [[round(float(p), 4) for p in e.probs.detach().cpu()] for e in self.net.edges]
         return {"expected_full": full, "argmax_cost": self.costs.of_paths(choices),
                 "argmax": self.net.describe_argmax(), "probs": probs, "confidence": _confidence(probs)}
 
-    def _bar(self, steps: int, epoch: int, total: int, warmup: bool):
-        if not (self.s.progress and self.dist.is_main):
-            return None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return None
+    def _bar(self, steps: int, epoch: int, total: int, warmup: bool) -> Progress:
         phase = "warm-up" if warmup else "search"
-        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{total} {phase}", leave=False, dynamic_ncols=True)
+        return Progress(steps, f"epoch {epoch + 1}/{total} {phase}", "step", self.s.progress and self.dist.is_main)
 
     def _postfix(self, sums: dict[str, float], counts: dict[str, int], warmup: bool) -> str:
         mean = {k: sums[k] / counts[k] for k in sums}
@@ -257,7 +249,7 @@ class Searcher:
         if not warmup and "expected" in mean:
             unit = self.costs.unit
             text += (f" L_lat {mean['lat_loss']:.3f} E {mean['expected']:.2f}{unit} argmax "
-                     f"{self.costs.of_paths([e.argmax() for e in self.net.edges]):.2f}{unit} "
+                     f"{self.costs.of_paths(self.net.argmax_choices()):.2f}{unit} "
                      f"[{self.net.describe_argmax()}]")
         return text
 
@@ -290,26 +282,15 @@ class Searcher:
     def save_checkpoint(self, also: list[str] | None = None) -> None:
         """Write ``last.pth`` (and the names in ``also``) atomically on rank 0."""
         if self.dist.is_main:
-            buffer = io.BytesIO()
-            torch.save(self.state(), buffer)
-            for name in ["last.pth"] + list(also or []):
-                atomic_write(self.out / name, lambda handle: handle.write(buffer.getbuffer()))
+            write_checkpoint([self.out / name for name in ["last.pth", *(also or [])]], self.state())
             atomic_write_json(self.out / "history.json", self.history)
         if self.dist.distributed:
             barrier(self.dist)
 
     def load_checkpoint(self, path: str | Path) -> list[str]:
         """Restore a checkpoint; returns the settings that differ from the checkpoint's (allowed ones only)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FaceNASError(f"{path}: search checkpoint not found (a search writes OUT/last.pth and "
-                               "OUT/warmup.pth)")
-        try:
-            state = torch.load(path, map_location=self.dist.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unpickling error means the same to the user
-            raise FaceNASError(f"{path}: not a readable search checkpoint ({str(exc).splitlines()[0][:160]})") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise FaceNASError(f"{path}: not a FaceNAS search checkpoint (expected format {CHECKPOINT_FORMAT})")
+        state = read_checkpoint(path, CHECKPOINT_FORMAT, "search", "search checkpoint",
+                                "a search writes OUT/last.pth and OUT/warmup.pth", self.dist.device)
         if state["space"] != self.space.to_dict():
             raise FaceNASError(f"{path}: was written for search space {state['space'].get('name')!r}, not "
                                f"{self.space.name!r}; resume with the same --space and options")
@@ -337,7 +318,7 @@ class Searcher:
     # ---------------------------------------------------------------------------------------------- result
     def finish(self) -> dict[str, Any]:
         """Derive the architecture, predict its cost and write ``arch.json`` (rank 0)."""
-        choices = [e.argmax() for e in self.net.edges]
+        choices = self.net.argmax_choices()
         predicted = self.costs.of_paths(choices)
         meta = {
             "searched": True,
@@ -366,14 +347,8 @@ def _confidence(probs: list[list[float]]) -> float:
 
 
 def _plot_history(history: list[dict[str, Any]], target: float, unit: str, path: Path) -> None:
-    """Loss and cost curves per epoch, as PNG (best effort: skipped without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    """Loss and cost curves per epoch, as PNG."""
+    plt = pyplot()
     epochs = [h["epoch"] + 1 for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(epochs, [h.get("total", math.nan) for h in history], label="detection loss (weight steps)")
@@ -386,11 +361,4 @@ def _plot_history(history: list[dict[str, Any]], target: float, unit: str, path:
     ax2.set_ylabel(unit)
     ax2.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
-def dump_settings(settings: SearchSettings) -> str:
-    return json.dumps({k: v for k, v in asdict(settings).items() if k != "extra"}, indent=None)
+    save_figure(fig, path, dpi=110)

@@ -1,8 +1,11 @@
-"""The gated supernet built from a :class:`~nas.spaces.SearchSpace`, its path sampling and ``derive()``.
+"""The gated supernet built from a :class:`~models.search_space.SearchSpace`, its path sampling and ``derive()``.
 
-Layout mirrors :class:`~models.backbone.FaceNASBackbone`: fixed first conv and pre-stage block, optional MaxPool,
-stages of :class:`~nas.mixed_edge.MixedEdge`, fixed last conv. Its output is the three FPN inputs (strides 8, 16,
-32), so :class:`~models.retinaface.RetinaFace` takes it as a backbone.
+Layout mirrors :class:`~models.backbone.FaceNASBackbone`, and the fixed parts are built by the same code: the
+space's :meth:`~models.search_space.SearchSpace.skeleton` goes through :func:`models.backbone.build_stem`,
+:func:`~models.backbone.build_last_conv` and :meth:`~models.arch.Arch.fpn_stage_taps`; the stages hold
+:class:`~nas.mixed_edge.MixedEdge` s. Its output is the three FPN inputs (strides 8, 16, 32), so
+:class:`~models.retinaface.RetinaFace` takes it as a backbone. :meth:`SuperNet.derive` goes through the space's
+:meth:`~models.search_space.SearchSpace.arch_from_choices`, like random draws and the budgeted derive.
 
 Sampling state lives on the supernet and its edges (no class-level mode): :meth:`SuperNet.sample_paths` draws paths
 from a ``torch.Generator`` the searcher owns (saved in checkpoints, broadcast under DDP) and
@@ -10,18 +13,17 @@ from a ``torch.Generator`` the searcher owns (saved in checkpoints, broadcast un
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from models.arch import Arch
-from models.blocks import Block
+from models.backbone import build_last_conv, build_stem
+from models.search_space import SearchSpace
 from nas.mixed_edge import MixedEdge
-from nas.spaces import SearchSpace
 
-Path = tuple[int, tuple[int, ...]]  # (active candidate, candidates involved in the gate gradient)
+SampledPath = tuple[int, tuple[int, ...]]  # (active candidate, candidates involved in the gate gradient)
 
 
 class SuperNet(nn.Module):
@@ -35,39 +37,17 @@ class SuperNet(nn.Module):
     def __init__(self, space: SearchSpace, alpha_init_std: float = 1e-3):
         super().__init__()
         self.space = space.validate()
-        fixed = dict(space.fixed_specs())
-        cin = 3
-        stem: list[nn.Module] = [Block(fixed["first_conv"], cin)]
-        cin = fixed["first_conv"].cout
-        stem.append(Block(fixed["pre_stage.0"], cin))
-        cin = fixed["pre_stage.0"].cout
-        if space.maxpool:
-            stem.append(Block(fixed["maxpool"], cin))
-        self.stem = nn.Sequential(*stem)
+        skeleton = space.skeleton()
+        self.stem, _ = build_stem(skeleton)
         self.edge_info = space.edges()
         stages: list[list[MixedEdge]] = [[] for _ in space.stages]
         for info in self.edge_info:
             stages[info.stage].append(MixedEdge(info.candidates, info.cin, alpha_init_std))
         self.stages = nn.ModuleList(nn.ModuleList(edges) for edges in stages)
-        last = fixed.get("last_conv")
-        self.last_conv: nn.Module = nn.Identity() if last is None else Block(last, space.stages[-1].channels)
+        self.last_conv = build_last_conv(skeleton, space.stages[-1].channels)
         self.edges: list[MixedEdge] = [edge for stage in self.stages for edge in stage]
-        self._fpn_stages, self.channels = self._fpn_levels()
-
-    def _fpn_levels(self) -> tuple[list[int], list[int]]:
-        """Which stage outputs feed the FPN (the last at strides 8 and 16) and the three channel counts."""
-        reduction = 2 * (2 if self.space.maxpool else 1)
-        last_at: dict[int, int] = {}
-        for s, stage in enumerate(self.space.stages):
-            reduction *= stage.stride
-            last_at[reduction] = s
-        if 8 not in last_at or 16 not in last_at or reduction != 32:
-            raise ValueError(f"space {self.space.name} does not give stage outputs at strides 8, 16 and 32")
-        taps = [last_at[8], last_at[16]]
-        last_channels = self.space.last_channels or self.space.stages[-1].channels
-        if not self.space.last_channels:
-            taps.append(len(self.space.stages) - 1)
-        return taps, [self.space.stages[taps[0]].channels, self.space.stages[taps[1]].channels, last_channels]
+        self._fpn_stages, self._fpn_last = skeleton.fpn_stage_taps()
+        self.channels = skeleton.fpn_channels()
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -78,7 +58,7 @@ class SuperNet(nn.Module):
                 x = edge(x)
             if s in self._fpn_stages:
                 outs.append(x)
-        if self.space.last_channels:
+        if self._fpn_last:
             outs.append(self.last_conv(x))
         return outs
 
@@ -86,17 +66,13 @@ class SuperNet(nn.Module):
     def arch_parameters(self) -> list[nn.Parameter]:
         return [edge.alpha for edge in self.edges]
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        ids = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in ids]
-
     def arch_parameter_names(self) -> list[str]:
         ids = {id(p) for p in self.arch_parameters()}
         return [name for name, p in self.named_parameters() if id(p) in ids]
 
     # ---------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample_paths(self, kind: str, generator: torch.Generator, two_path: bool = True) -> list[Path]:
+    def sample_paths(self, kind: str, generator: torch.Generator, two_path: bool = True) -> list[SampledPath]:
         """Draw one path per edge.
 
         Args:
@@ -105,7 +81,7 @@ class SuperNet(nn.Module):
             two_path: for ``arch``, ProxylessNAS two-path sampling (two distinct candidates, then the active one
                 from their renormalised probabilities); otherwise one candidate and the gate gradient over all.
         """
-        paths: list[Path] = []
+        paths: list[SampledPath] = []
         for edge in self.edges:
             n = len(edge.ops)
             if kind == "uniform":
@@ -123,34 +99,19 @@ class SuperNet(nn.Module):
             paths.append((active, (pair[0], pair[1])))
         return paths
 
-    def set_paths(self, paths: list[Path], mode: str) -> None:
+    def set_paths(self, paths: list[SampledPath], mode: str) -> None:
         """Apply sampled paths; ``mode`` is ``weights`` or ``arch`` (see :class:`MixedEdge`)."""
         for edge, (active, involved) in zip(self.edges, paths):
             edge.set_path(active, involved, mode)
 
-    def argmax_paths(self) -> list[Path]:
-        return [(edge.argmax(), (edge.argmax(),)) for edge in self.edges]
-
     # ------------------------------------------------------------------------------------------------ derive
     def derive(self, name: str | None = None, meta: dict[str, Any] | None = None) -> Arch:
         """The chosen architecture: argmax of alpha on every edge; a chosen Zero removes the layer."""
-        fixed = dict(self.space.fixed_specs())
-        stages: list[list[Any]] = [[] for _ in self.space.stages]
-        for info, edge in zip(self.edge_info, self.edges):
-            spec = edge.candidates[edge.argmax()]
-            if spec.family != "Zero":
-                stages[info.stage].append(spec)
-        pre = fixed["pre_stage.0"]
-        arch = Arch(
-            name=name or f"{self.space.name}_searched",
-            first_conv=fixed["first_conv"],
-            pre_stage=[replace(pre, cin=None, size=None)],
-            maxpool=self.space.maxpool,
-            stages=stages,
-            last_conv=fixed.get("last_conv"),
-            meta=dict(meta or {}),
-        )
-        return arch.validate()
+        return self.space.arch_from_choices(self.argmax_choices(), name or f"{self.space.name}_searched", meta)
+
+    def argmax_choices(self) -> list[int]:
+        """The most probable candidate of every edge."""
+        return [edge.argmax() for edge in self.edges]
 
     def describe_argmax(self) -> str:
         """Compact one-line view of the current argmax, e.g. ``KK KK Z | DK Mid | ...``."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data.augment import (
-    RGB_MEAN,
+    BGR_MEAN,
     TrainTransform,
     ValTransform,
     make_target,
@@ -15,7 +15,7 @@ from data.augment import (
     random_crop,
 )
 
-MEAN = np.array(RGB_MEAN, np.float32)
+MEAN = np.array(BGR_MEAN, np.float32)
 
 
 def face_image(width: int = 400, height: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from latency.accuracy import accuracy, spearman
+from latency.analytic import analytic_table, arch_counts, block_counts, module_counts
+from latency.calibration import fit_calibration
+from latency.internal_mode import LatencyTable
+from latency.predict import arch_keys, predict_latency
+from latency.random_archs import random_archs, random_choices
+from latency.table_format import TableFile
 from models import create_backbone, published_arch
 from models.backbone import FaceNASBackbone
-from nas.cost import analytic_table, arch_counts, arch_keys, block_counts, module_counts, predict_latency
-from nas.latency_table import LatencyTable
-from nas.random_arch import choices_to_arch, random_arch, random_archs, space_by_name
-from nas.table_file import TableFile
+from models.search_space import get_space
 from utils.errors import FaceNASError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,65 +108,73 @@ def test_analytic_table_works_as_a_constraint(tmp_path):
     assert loaded.meta["metric"] == "flops" and loaded.unit == "MFLOPs"
     assert predict_latency(arch, loaded) == pytest.approx(arch_counts(arch, 64)["flops"] / 1e6)
     assert predict_latency(arch, table) == pytest.approx(predict_latency(arch, loaded))
-    with pytest.raises(FaceNASError, match="nas.cost"):
+    with pytest.raises(FaceNASError, match="latency.analytic"):
         loaded.latency("3x3_KKConv_64_64x8x8")
 
 
 def test_cost_cli_writes_a_params_table(tmp_path):
-    from nas.cost import main
+    from latency.analytic import main
 
     main(["--metric", "params", "--space", "R11", "--resolution", "64", "--out", str(tmp_path / "p.json")])
     table = TableFile.load(tmp_path / "p.json")
-    assert table.metric == "params" and len(table) == len(space_by_name("R11").latency_keys(64))
+    assert table.metric == "params" and len(table) == len(get_space("R11").latency_keys(64))
 
 
 def test_random_architectures_are_reproducible_valid_and_inside_the_space():
-    space = space_by_name("R5_V2_HS")
+    space = get_space("R5_V2_HS")
     keys = set(space.latency_keys(320))
-    first = [random_arch(space, random.Random(3), "a").to_dict() for _ in range(2)]
+    first = [space.arch_from_choices(random_choices(space, random.Random(3)), "a").to_dict() for _ in range(2)]
     assert first[0] == first[1]
-    archs = random_archs([space, space_by_name("R1")], 12, seed=5)
+    archs = random_archs([space, get_space("R1")], 12, seed=5)
     assert len({json.dumps(a.to_dict()["stages"]) for a in archs}) == 12
     assert [a.meta["space"] for a in archs[:2]] == ["R5_V2_HS", "R1"]
     for arch in archs:
         if arch.meta["space"] == "R5_V2_HS":
             assert {key for _, key in arch_keys(arch, 320)} <= keys
         assert all(spec.family != "Zero" for stage in arch.stages for spec in stage)
-    again = random_archs([space, space_by_name("R1")], 12, seed=5)
+    again = random_archs([space, get_space("R1")], 12, seed=5)
     assert [a.to_dict() for a in again] == [a.to_dict() for a in archs]
     taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in archs}
-    other = random_archs([space, space_by_name("R1")], 12, seed=6, exclude=taken)
+    other = random_archs([space, get_space("R1")], 12, seed=6, exclude=taken)
     assert not taken & {(a.meta["space"], tuple(a.meta["choices"])) for a in other}
 
 
-def test_choices_to_arch_drops_zero_and_checks_its_input():
-    space = space_by_name("R11")
+def test_arch_from_choices_drops_zero_and_checks_its_input():
+    space = get_space("R11")
     edges = space.edges()
     zero_everywhere = [len(e.candidates) - 1 if e.zero_allowed else 0 for e in edges]
-    arch = choices_to_arch(space, zero_everywhere, "shallow")
+    arch = space.arch_from_choices(zero_everywhere, "shallow")
     assert [len(stage) for stage in arch.stages] == [1, 1, 1, 1]
     with pytest.raises(FaceNASError, match="edges"):
-        choices_to_arch(space, [0], "bad")
+        space.arch_from_choices([0], "bad")
     with pytest.raises(FaceNASError, match="choice 9"):
-        choices_to_arch(space, [9] + [0] * (len(edges) - 1), "bad")
+        space.arch_from_choices([9] + [0] * (len(edges) - 1), "bad")
 
 
 def test_report_statistics_and_calibration_fit():
-    report = _load_tool("latency_report")
     measured = [10.0, 20.0, 40.0, 80.0]
     predicted = [8.0, 16.0, 32.0, 64.0]  # a plain sum 20% low everywhere
-    assert report.fit_scale(predicted, measured, "median") == pytest.approx(1.25)
-    assert report.fit_scale(predicted, measured, "lsq") == pytest.approx(1.25)
+    assert fit_calibration(predicted, measured, "median")[0] == pytest.approx(1.25)
+    assert fit_calibration(predicted, measured, "lsq")[0] == pytest.approx(1.25)
     noisy = predicted[:3] + [200.0]  # one wild measurement barely moves the median fit
-    assert report.fit_scale(noisy, measured, "median") == pytest.approx(1.25, rel=0.1)
+    assert fit_calibration(noisy, measured, "median")[0] == pytest.approx(1.25, rel=0.1)
     affine_measured = [1.1 * p + 3.0 for p in predicted]  # a scale and a per-network cost the blocks never see
-    scale, offset = report.fit_calibration(predicted, affine_measured, "affine")
+    scale, offset = fit_calibration(predicted, affine_measured, "affine")
     assert scale == pytest.approx(1.1) and offset == pytest.approx(3.0)
-    assert report.fit_calibration(predicted, measured, "median")[1] == 0.0
-    stats = report.accuracy([10.4, 21.5, 35.0, 80.0], measured)
+    assert fit_calibration(predicted, measured, "median")[1] == 0.0
+    stats = accuracy([10.4, 21.5, 35.0, 80.0], measured)
     assert stats["n"] == 4 and stats["within5"] == 50.0 and stats["within10"] == 75.0
     assert stats["mape"] == pytest.approx((4 + 7.5 + 12.5 + 0) / 4)
     assert stats["spearman"] == pytest.approx(1.0)
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    a = [3.0, 1.0, 2.0, 2.0, 5.0, 4.0, 4.0]
+    b = [1.0, 2.0, 2.0, 3.0, 9.0, 7.0, 8.0]
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
 
 
 def test_latency_report_end_to_end_fits_on_networks_it_does_not_report(tmp_path):

@@ -129,7 +129,7 @@ def test_mismatched_or_foreign_checkpoints_are_reported_with_the_file(checkpoint
 
 
 def test_latency_mode_prints_the_thesis_format(checkpoint, capsys):
-    pytest.importorskip("nas.measure")
+    pytest.importorskip("latency.measure")
     evaluate.main(["--latency", "--model", "mobile0.25", "--latency-shape", "1", "64", "64", "--warmup", "1",
                    "--samples", "3", "--threads", "1"])
     out = capsys.readouterr().out

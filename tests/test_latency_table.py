@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from nas.latency_table import LatencyTable
-from nas.table_file import TABLE_FORMAT, TableFile
+from latency.internal_mode import LatencyTable
+from latency.table_format import TABLE_FORMAT, TableFile
 from utils.errors import FaceNASError
 
 KEY_A = "3x3_KKConv_Mid_16_16x8x8"

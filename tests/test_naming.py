@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from models.naming import BlockSpec, format_block, parse_block, parse_shortcut
-from nas.spaces import EXPERIMENTS, get_space
+from models.search_space import EXPERIMENTS, get_space
 from utils.errors import FaceNASError
 
 # Block column of the thesis Tables 30, 34, 38, 44, 45, 49, 50, 53 as printed (PDF text layer).

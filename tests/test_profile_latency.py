@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from nas.spaces import PRESETS, preset_spaces
-from nas.table_file import TableFile
+from latency.table_format import TableFile
+from models.search_space import PRESETS, preset_spaces
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "profile_latency.py"

@@ -26,8 +26,8 @@ QUICK = ["--img-size", "64", "--batch-size", "4", "--max-steps-per-epoch", "4", 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny space file and a FLOPs table for it (deterministic costs, no timing noise in tests)."""
-    from nas.cost import analytic_table
-    from nas.spaces import SearchSpace
+    from latency.analytic import analytic_table
+    from models.search_space import SearchSpace
 
     folder = tmp_path_factory.mktemp("tiny")
     space_file = folder / "tiny_space.json"
@@ -45,9 +45,9 @@ def _search(args: list[str]) -> None:
 
 
 def _range(table: Path, space: Path) -> tuple[float, float]:
-    from nas.latency_loss import edge_costs
-    from nas.latency_table import LatencyTable
-    from nas.spaces import SearchSpace
+    from latency.internal_mode import LatencyTable
+    from latency.predict import edge_costs
+    from models.search_space import SearchSpace
 
     costs = edge_costs(SearchSpace.load(space), LatencyTable.load(table))
     return costs.smallest, costs.largest
@@ -127,8 +127,8 @@ def test_missing_table_is_measured_here_and_an_unreachable_target_is_announced(t
     assert done.returncode == 0, done.stderr[-2000:]
     assert "created a new latency table that describes THIS machine" in done.stdout
     assert "above the largest network of this space on this device" in done.stdout
-    from nas.latency_table import LatencyTable
-    from nas.spaces import SearchSpace
+    from latency.internal_mode import LatencyTable
+    from models.search_space import SearchSpace
 
     saved = LatencyTable.load(table)  # internal mode filled exactly what the space needs, in ms
     assert saved.meta["device"] == "cpu" and saved.input_size == 320

@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latency.predict import EdgeCosts
 from models.naming import parse_block
-from nas.latency_loss import EdgeCosts, expected_latency, latency_loss
+from models.search_space import EXPERIMENTS, get_space
+from nas.latency_loss import expected_latency, latency_loss
 from nas.mixed_edge import MixedEdge
-from nas.spaces import EXPERIMENTS, get_space
 from nas.supernet import SuperNet
 
 TOY = [parse_block(n) for n in ("3x3_KKConv_Mid_8_Id", "3x3_DKConv_8_Id", "3x3_MBV1Conv_8_Id", "Zero")]
@@ -137,12 +138,13 @@ def test_expected_latency_formula_12_by_hand() -> None:
     paths = [(0, (0,)) for _ in net.edges]
     net.set_paths(paths, "weights")
     by_hand = 5.0
-    for edge, lat in zip(net.edges, costs.edges):
+    lats = [torch.tensor(values) for values in costs.edges]
+    for edge, lat in zip(net.edges, lats):
         p = torch.softmax(edge.alpha.detach(), 0)
         by_hand += 0.5 * float((p * lat).sum()) + 0.5 * float(p[0] * lat[0])
     assert float(expected_latency(net, costs, p1=0.5).detach()) == pytest.approx(by_hand, rel=1e-6)
     formula_11 = 5.0 + sum(float((torch.softmax(e.alpha.detach(), 0) * lat).sum()) for e, lat in
-                           zip(net.edges, costs.edges))
+                           zip(net.edges, lats))
     assert float(expected_latency(net, costs, p1=1.0).detach()) == pytest.approx(formula_11, rel=1e-6)
     assert costs.smallest == pytest.approx(5.0 + sum(1.0 for _ in costs.edges))
 
@@ -175,11 +177,11 @@ def test_search_weight_steps_leave_unsampled_candidates_bit_for_bit(tmp_path) ->
     import logging
 
     from engine.distributed import DistInfo
-    from nas.cost import analytic_table
-    from nas.latency_loss import edge_costs
-    from nas.latency_table import LatencyTable
+    from latency.analytic import analytic_table
+    from latency.internal_mode import LatencyTable
+    from latency.predict import edge_costs
+    from models.search_space import SearchSpace
     from nas.searcher import Searcher, SearchSettings
-    from nas.spaces import SearchSpace
 
     space_file = tmp_path / "space.json"
     space_file.write_text(json.dumps({

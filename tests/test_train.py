@@ -132,7 +132,7 @@ def test_help_lists_every_option_with_its_default():
 def test_yaml_config_is_overridden_by_the_command_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 3\nbatch-size: 4\nimg_size: 96\namp: false\ndecay-epochs: [2]\n")
-    args = parse_args(train.build_parser(), ["--config", str(cfg), "--epochs", "5"])
+    args, _ = parse_args(train.build_parser(), ["--config", str(cfg), "--epochs", "5"])
     assert (args.epochs, args.batch_size, args.img_size, args.amp, args.decay_epochs) == (5, 4, 96, False, [2])
     cfg.write_text("epochs: three\n")
     with pytest.raises(FaceNASError, match=r"c\.yaml:1: .*invalid int"):
@@ -144,7 +144,7 @@ def test_yaml_config_is_overridden_by_the_command_line(tmp_path):
 
 def test_shipped_configs_parse():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
-        args = parse_args(train.build_parser(), ["--config", str(path)])
+        args, _ = parse_args(train.build_parser(), ["--config", str(path)])
         assert args.model, path
 
 

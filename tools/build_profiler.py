@@ -3,7 +3,7 @@
 The blocks are defined once, in ``models/blocks.py``. This build step concatenates the torch-only and stdlib-only
 project modules the profiler needs (listed in :data:`SOURCES`, dependency order) into one script:
 
-* project imports (``from models.x import ...``, ``from nas.x import ...``, ``from utils.x import ...``) are removed
+* project imports (``from models.x import ...``, ``from latency.x import ...``, ``from utils.x import ...``) are removed
   (the lines the parser gives for the statement), because every imported name is defined earlier in the same file;
   the build checks that each such import sits at module level on lines of its own, without ``as`` renaming, and that
   the names it imports are really defined by that module;
@@ -35,17 +35,18 @@ SOURCES = (
     "utils/errors.py",
     "utils/atomic.py",
     "utils/jsonfile.py",
+    "utils/progress.py",
     "models/naming.py",
     "models/blocks.py",
     "models/arch.py",
     "models/backbone.py",
-    "nas/spaces.py",
-    "nas/table_file.py",
-    "nas/measure.py",
-    "nas/random_arch.py",
-    "nas/profile_cli.py",
+    "models/search_space.py",
+    "latency/table_format.py",
+    "latency/measure.py",
+    "latency/random_archs.py",
+    "latency/profile_cli.py",
 )
-PROJECT_PACKAGES = ("models", "nas", "utils")
+PROJECT_PACKAGES = ("models", "latency", "utils")
 OUTPUT = ROOT / "profile_latency.py"
 MIN_PYTHON = (3, 8)
 

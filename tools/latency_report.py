@@ -23,7 +23,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,76 +32,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scipy.stats import spearmanr  # noqa: E402
-
+from latency.accuracy import accuracy, spearman, summarize_groups  # noqa: E402
+from latency.calibration import CALIBRATION_METHODS, compare_methods, fit_calibration  # noqa: E402
+from latency.internal_mode import LatencyTable  # noqa: E402
+from latency.measure import load_average, measure_networks  # noqa: E402
+from latency.predict import arch_keys, predict_latency  # noqa: E402
+from latency.random_archs import validation_and_fit_archs  # noqa: E402
+from latency.table_format import RunLog  # noqa: E402
 from models import published_arch  # noqa: E402
 from models.arch import Arch  # noqa: E402
-from nas.cost import arch_keys, predict_latency  # noqa: E402
-from nas.latency_table import LatencyTable  # noqa: E402
-from nas.measure import deploy_backbone, load_average, measure_interleaved  # noqa: E402
-from nas.random_arch import random_archs, space_by_name  # noqa: E402
-from nas.spaces import PRESETS, preset_spaces  # noqa: E402
+from models.search_space import PRESETS, get_space, preset_spaces  # noqa: E402
 from utils.atomic import atomic_write_json  # noqa: E402
 from utils.errors import FaceNASError, run_cli  # noqa: E402
-
-CALIBRATION_METHODS = ("median", "lsq", "affine")
-
-
-# ------------------------------------------------------------------------------------------------ statistics
-def accuracy(predicted: list[float], measured: list[float]) -> dict[str, Any]:
-    """MAPE (%), shares within 5% / 10% (%), Spearman, mean signed error (%) and count."""
-    n = len(predicted)
-    if n == 0:
-        return {"n": 0}
-    errors = [(p - m) / m * 100.0 for p, m in zip(predicted, measured)]
-    rho = spearmanr(predicted, measured).statistic if n >= 3 else float("nan")
-    return {
-        "n": n,
-        "mape": sum(abs(e) for e in errors) / n,
-        "within5": 100.0 * sum(abs(e) <= 5 for e in errors) / n,
-        "within10": 100.0 * sum(abs(e) <= 10 for e in errors) / n,
-        "spearman": None if rho != rho else float(rho),
-        "bias": sum(errors) / n,
-        "max_abs": max(abs(e) for e in errors),
-    }
-
-
-def fit_calibration(predicted: list[float], measured: list[float], method: str = "median") -> tuple[float, float]:
-    """A calibration ``(scale, offset_ms)`` so that scale x predicted + offset ~ measured.
-
-    ``median``: scale = median of measured/predicted, no offset; robust to a few networks hit by machine noise (the
-    default). ``lsq``: least squares on the relative error, minimising sum((s p_i - m_i) / m_i)^2, which gives
-    s = sum(r_i) / sum(r_i^2) with r_i = p_i / m_i. ``affine``: the same least squares with an offset, for a cost every
-    network pays once and no block table sees (on CPU: the stem's high-resolution buffers run colder in the network
-    than alone); fitted in closed form on the relative error.
-    """
-    if not predicted:
-        raise FaceNASError("no networks to fit the calibration on")
-    if method == "median":
-        return statistics.median(m / p for p, m in zip(predicted, measured)), 0.0
-    ratios = [p / m for p, m in zip(predicted, measured)]
-    if method == "lsq":
-        return sum(ratios) / sum(r * r for r in ratios), 0.0
-    if method == "affine":
-        # normal equations of min sum (s*u_i + c*v_i - 1)^2 with u_i = p_i/m_i, v_i = 1/m_i
-        inverse = [1.0 / m for m in measured]
-        suu = sum(u * u for u in ratios)
-        svv = sum(v * v for v in inverse)
-        suv = sum(u * v for u, v in zip(ratios, inverse))
-        det = suu * svv - suv * suv
-        if len(predicted) < 3 or det <= 1e-12 * suu * svv:
-            raise FaceNASError("the affine calibration needs at least 3 networks of different sizes")
-        scale = (sum(ratios) * svv - sum(inverse) * suv) / det
-        offset = (sum(inverse) * suu - sum(ratios) * suv) / det
-        if scale <= 0:
-            raise FaceNASError(f"the affine fit gave a non-positive scale ({scale:.3f}); use --calibration median")
-        return scale, offset
-    raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-
-
-def fit_scale(predicted: list[float], measured: list[float], method: str = "median") -> float:
-    """The scale of :func:`fit_calibration` (for the scale-only methods)."""
-    return fit_calibration(predicted, measured, method)[0]
+from utils.progress import Progress  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -128,14 +70,12 @@ def collect_networks(args: argparse.Namespace, table: LatencyTable) -> list[dict
                     raise FaceNASError(f"{table.path} names no preset, so --space all means nothing; name spaces")
                 spaces += preset_spaces(preset)
             else:
-                spaces.append(space_by_name(name))
-        validate = random_archs(spaces, args.random, args.seed, prefix="val")
+                spaces.append(get_space(name))
+        fit_count = 0 if not args.fit_calibration else (args.fit_random if args.fit_random is not None
+                                                          else max(args.random, 10))
+        validate, fit = validation_and_fit_archs(spaces, args.random, args.seed, fit_count, args.fit_seed)
         nets += [{"arch": a, "group": "random", "role": "validate"} for a in validate]
-        if args.fit_calibration:
-            taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in validate}
-            fit_count = args.fit_random if args.fit_random is not None else max(args.random, 10)
-            fit = random_archs(spaces, fit_count, args.fit_seed, prefix="fit", exclude=taken)
-            nets += [{"arch": a, "group": "fit", "role": "fit"} for a in fit]
+        nets += [{"arch": a, "group": "fit", "role": "fit"} for a in fit]
     if not nets:
         raise FaceNASError("no networks: give --arch FILE, --models NAME or --random N")
     names = [n["arch"].name for n in nets]
@@ -159,32 +99,13 @@ def networks_from_table(table: LatencyTable) -> list[dict[str, Any]]:
     return nets
 
 
-def measure_networks(nets: list[dict[str, Any]], table: LatencyTable, repeats: int, seed: int,
-                     progress: bool = True) -> None:
-    """Measure every network end to end here (``nas.measure.measure_interleaved``) and store the results in it."""
-    meta, protocol = table.meta, table.meta["protocol"]
-    channels_last = meta["memory_format"] == "channels_last"
-    modules = {net["arch"].name: deploy_backbone(net["arch"], channels_last) for net in nets}
-    bar = _bar(len(nets) * repeats, progress)
-    results = measure_interleaved(
-        modules, (table.batch, 3, table.input_size, table.input_size), repeats, seed,
-        None if bar is None else lambda: bar.update(1), device=meta["device"], warmup=protocol["warmup"],
-        samples=protocol["samples"], threads=meta.get("threads"), dtype=meta["dtype"], channels_last=channels_last,
-        trim=protocol["trim"])
-    if bar is not None:
-        bar.close()
+def measure_here(nets: list[dict[str, Any]], table: LatencyTable, repeats: int, seed: int,
+                 progress: bool = True) -> None:
+    """Measure every network end to end here with the table's protocol and store the results in it."""
+    with Progress(len(nets) * repeats, "measuring networks", "run", enabled=progress) as bar:
+        results = measure_networks([net["arch"] for net in nets], table.meta, repeats, seed, lambda: bar.update(1))
     for net in nets:
         net.update(results[net["arch"].name])
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="measuring networks", unit="run", leave=False)
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -255,10 +176,14 @@ def main(argv: list[str] | None = None) -> None:
             raise FaceNASError(f"{table.path}: {len(missing)} block(s) missing, e.g. {missing[0]}; drop --no-fill to "
                                "measure them here, or run profile_latency.py --names ...")
         print(f"internal mode: measuring {len(missing)} block(s) missing from {table.path}", file=sys.stderr)
-        table.measure_missing(missing, progress=not args.quiet, log=table.path.with_suffix(".log"))
+        log = RunLog(table.path.with_suffix(".log"))
+        try:
+            table.measure_missing(missing, progress=not args.quiet, log=log)
+        finally:
+            log.close()
 
     if not args.from_table:
-        measure_networks(nets, table, args.repeats, args.seed, progress=not args.quiet)
+        measure_here(nets, table, args.repeats, args.seed, progress=not args.quiet)
     for net in nets:
         net["predicted_raw_ms"] = predict_latency(net["arch"], table, calibrated=False)
         net["blocks"] = len(net["arch"].resolve(table.input_size))
@@ -295,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     if all(len(n["rounds_ms"]) >= 2 for n in nets):
         first = [n["rounds_ms"][0] for n in nets]
         second = [n["rounds_ms"][1] for n in nets]
-        retest = float(spearmanr(first, second).statistic) if len(nets) >= 3 else None
+        retest = spearman(first, second)
     print_report(nets, summary, table, scale, old_scale, calibration, retest)
     if comparison:
         print("calibration methods fitted on the same networks, scored on the validation networks:")
@@ -321,41 +246,6 @@ def main(argv: list[str] | None = None) -> None:
         }
         atomic_write_json(args.json, report)
         print(f"wrote {args.json}", file=sys.stderr)
-
-
-def compare_methods(fit: list[dict[str, Any]], validate: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every calibration method fitted on ``fit`` and scored on ``validate`` (to choose one with evidence)."""
-    out: dict[str, Any] = {}
-    raw_p = [n["predicted_raw_ms"] for n in fit]
-    meas = [n["measured_ms"] for n in fit]
-    for method in CALIBRATION_METHODS:
-        try:
-            scale, offset = fit_calibration(raw_p, meas, method)
-        except FaceNASError as exc:
-            out[method] = {"error": str(exc)}
-            continue
-        out[method] = {"scale": scale, "offset_ms": offset, "validation": accuracy(
-            [scale * n["predicted_raw_ms"] + offset for n in validate], [n["measured_ms"] for n in validate])}
-    return out
-
-
-def summarize_groups(nets: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy before (raw) and after (calibrated) calibration per group and over every validation network."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for net in nets:
-        groups.setdefault(net["group"], []).append(net)
-    groups["all_validation"] = [n for n in nets if n["role"] == "validate"]
-    out = {}
-    for name, members in groups.items():
-        if not members:
-            continue
-        meas = [n["measured_ms"] for n in members]
-        out[name] = {
-            "raw": accuracy([n["predicted_raw_ms"] for n in members], meas),
-            "calibrated": accuracy([n["predicted_ms"] for n in members], meas),
-            "median_spread": statistics.median(n["spread"] for n in members),
-        }
-    return out
 
 
 def print_report(nets: list[dict[str, Any]], summary: dict[str, Any], table: LatencyTable, scale: float,

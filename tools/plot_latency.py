@@ -23,14 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
+from latency.table_format import TableFile  # noqa: E402
 from models.naming import BlockSpec, parse_block  # noqa: E402
-from nas.table_file import TableFile  # noqa: E402
 from utils.errors import FaceNASError, run_cli  # noqa: E402
+from utils.figures import pyplot, save_figure  # noqa: E402
+
+plt = pyplot()
 
 FAMILY_PANELS = ("MBV1", "MBV2", "BL", "KK", "KK_Mid", "DK", "Conv")
 _TITLES = {"MBV1": "MBV1Conv", "MBV2": "MBConv", "BL": "BottleNeckConv", "KK": "KKConv", "KK_Mid": "KKConv_Mid",
@@ -120,8 +118,7 @@ def plot_table(table: TableFile, out_dir: Path | None = None, grid: Path | None 
             fig.suptitle(f"blocks at {side}x{side} output - {where}", fontsize=10)
             fig.tight_layout()
             path = out_dir / f"latency_{side}x{side}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
+            save_figure(fig, path, dpi=110)
             written.append(path)
     if grid is not None:
         fig, axes = plt.subplots(len(sides), len(families), figsize=(3.2 * len(families), 2.7 * len(sides)),
@@ -140,9 +137,7 @@ def plot_table(table: TableFile, out_dir: Path | None = None, grid: Path | None 
                                 va="center", fontsize=10, fontweight="bold")
         fig.suptitle(f"block latency vs output channels per stage resolution - {where}", fontsize=12)
         fig.tight_layout(rect=(0.02, 0, 1, 0.98))
-        grid.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(grid, dpi=90)
-        plt.close(fig)
+        save_figure(fig, grid, dpi=90)
         written.append(grid)
     return written
 
@@ -177,9 +172,7 @@ def plot_report(report_path: Path, out: Path) -> Path:
     ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
     return out
 
 

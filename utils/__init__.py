@@ -1,1 +1,2 @@
-"""Small shared helpers: user-facing errors, atomic writes, seeding, logging."""
+"""Small shared helpers, standard library only: user-facing errors, atomic writes, JSON reading, progress bars,
+saving figures."""

@@ -1,21 +1,16 @@
-"""Backbone cost from block tables: predicted latency, and analytic FLOPs / parameter / activation tables.
+"""Analytic costs that need no device (thesis objective 1.2): FLOPs, parameters and activations, and their tables.
 
-Prediction (SPEC section 7, thesis 3.6): the predicted latency of an architecture is the sum of the table entries of
-every block it runs, fixed parts included (first conv, pre-stage, MaxPool, last conv), each keyed with its input
-tensor at the table's resolution (:meth:`models.arch.Arch.resolve`), times the table's calibration scale, plus the
-calibration's per-network offset when an affine calibration was fitted.
-
-Analytic constraints (thesis objective 1.2) need no device. Per block, in the training form (BatchNorm not folded):
+Per block, in the training form (BatchNorm not folded):
 
 * ``flops``: counted by ``torch.utils.flop_counter.FlopCounterMode`` (one multiply-add = 2 FLOPs; convolutions and
   matrix products only: BatchNorm, activations, pooling and additions are not counted);
 * ``params``: number of parameter elements (BatchNorm affine weights included, running statistics not);
 * ``acts``: RegNet's activation count, the number of output elements of every convolution.
 
-``analytic_table`` writes these in the latency-table format with ``meta.metric`` = ``flops`` / ``params`` / ``acts``
-and values in millions, so a search uses a FLOPs table exactly like a latency table. The command line builds one::
+:func:`analytic_table` writes these in the latency-table format with ``meta.metric`` = ``flops`` / ``params`` /
+``acts`` and values in millions, so a search uses a FLOPs table exactly like a latency table::
 
-    python -m nas.cost --metric flops --preset rpi4 --out tables/rpi4_flops.json
+    python -m latency.analytic --metric flops --preset rpi4 --out tables/rpi4_flops.json
 """
 from __future__ import annotations
 
@@ -28,51 +23,18 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from latency.table_format import METRICS, TableFile
 from models.arch import Arch
 from models.blocks import build_block
 from models.naming import BlockSpec, format_block, parse_block
-from nas.latency_table import LatencyTable
-from nas.table_file import METRICS, TableFile
+from models.search_space import PRESETS, get_space, preset_spaces
 from utils.errors import FaceNASError, run_cli
 
-__all__ = ["ANALYTIC_METRICS", "analytic_table", "arch_counts", "arch_keys", "block_counts", "module_counts",
-           "predict_breakdown", "predict_latency"]
+__all__ = ["ANALYTIC_METRICS", "analytic_table", "arch_counts", "block_counts", "main", "module_counts"]
 
 ANALYTIC_METRICS = ("flops", "params", "acts")
 
 
-def arch_keys(arch: Arch, input_size: int | tuple[int, int]) -> list[tuple[str, str]]:
-    """``(where, key)`` of every block of ``arch`` in forward order at ``input_size`` (repeats kept)."""
-    return [(block.where, block.key) for block in arch.resolve(input_size)]
-
-
-def predict_breakdown(arch: Arch, table: TableFile, calibrated: bool = True) -> list[tuple[str, str, float]]:
-    """``(where, key, value)`` per block of ``arch`` from ``table`` (see :func:`predict_latency`)."""
-    return [(where, key, table.latency(key, calibrated)) for where, key in arch_keys(arch, table.input_size)]
-
-
-def predict_latency(arch: Arch, table: TableFile, calibrated: bool = True, measure_missing: bool = False) -> float:
-    """Predicted backbone cost of ``arch``: the sum of its block entries, fixed parts included.
-
-    Args:
-        arch: the architecture (blocks are placed at the table's resolution).
-        table: a latency table (ms) or an analytic one (millions of FLOPs / params / acts).
-        calibrated: apply the table's calibration: scale x sum + offset (latency tables only; 1.0 and 0 when none).
-        measure_missing: internal mode (thesis 3.6.1): measure missing blocks on this machine first and save them
-            into the table (needs a :class:`~nas.latency_table.LatencyTable` measured on this machine).
-
-    Raises:
-        FaceNASError: a block has no entry (and ``measure_missing`` is off).
-    """
-    if measure_missing:
-        if not isinstance(table, LatencyTable):
-            raise FaceNASError("internal mode needs a LatencyTable (load the table with LatencyTable.load)")
-        table.measure_missing([key for _, key in arch_keys(arch, table.input_size)], progress=False)
-    total = sum(value for _, _, value in predict_breakdown(arch, table, calibrated))
-    return total + (table.offset_ms if calibrated else 0.0)
-
-
-# ------------------------------------------------------------------------------------------------ analytic
 def module_counts(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     """FLOPs (FlopCounterMode), parameters and conv output elements ("acts") of one forward of ``module``."""
     module = module.eval()
@@ -108,16 +70,16 @@ def arch_counts(arch: Arch, input_size: int | tuple[int, int], batch: int = 1) -
     """Sum of :func:`block_counts` over every block of ``arch`` (equal to counting the whole backbone)."""
     total = {metric: 0 for metric in ANALYTIC_METRICS}
     cache: dict[str, dict[str, int]] = {}
-    for _, key in arch_keys(arch, input_size):
-        if key not in cache:
-            cache[key] = block_counts(key, batch)
+    for block in arch.resolve(input_size):
+        if block.key not in cache:
+            cache[block.key] = block_counts(block.key, batch)
         for metric in ANALYTIC_METRICS:
-            total[metric] += cache[key][metric]
+            total[metric] += cache[block.key][metric]
     return total
 
 
 def analytic_table(metric: str, keys: list[str], resolution: int | None, batch: int = 1,
-                   path: str | Path | None = None, **meta: Any) -> LatencyTable:
+                   path: str | Path | None = None, **meta: Any) -> TableFile:
     """A table of ``metric`` (flops, params or acts; values in millions) for ``keys``, saved to ``path`` if given.
 
     An existing file at ``path`` with the same metric, batch and resolution is completed rather than rebuilt.
@@ -128,26 +90,21 @@ def analytic_table(metric: str, keys: list[str], resolution: int | None, batch: 
             "counted_with": "torch.utils.flop_counter.FlopCounterMode" if metric == "flops" else "module walk",
             "torch_version": torch.__version__, **meta}
     if path is not None and Path(path).exists():
-        table = LatencyTable.open_or_create(path, **full)
+        table = TableFile.open_or_create(path, **full)
     else:
-        table = LatencyTable.create(None, **full)
+        table = TableFile.create(None, **full)
         table.path = None if path is None else Path(path)
-    cache: dict[str, dict[str, int]] = {}
     for key in table.missing(keys):
-        cache[key] = block_counts(key, batch)
-        table.add(key, {"value": cache[key][metric] / 1e6})
+        table.add(key, {"value": block_counts(key, batch)[metric] / 1e6})
     if table.path is not None:
         table.save()
     return table
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m nas.cost``: write an analytic (FLOPs / params / acts) table for a preset or spaces."""
-    from nas.random_arch import space_by_name
-    from nas.spaces import PRESETS, preset_spaces
-
+    """``python -m latency.analytic``: write an analytic (FLOPs / params / acts) table for a preset or spaces."""
     parser = argparse.ArgumentParser(
-        prog="python -m nas.cost",
+        prog="python -m latency.analytic",
         description="Write a FLOPs, parameter or activation-count table in the latency-table format (no device "
                     "needed); a search can use it as its constraint instead of a latency table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -160,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="batch of the counted input")
     parser.add_argument("--out", required=True, help="table file to write (completed if it exists)")
     args = parser.parse_args(argv)
-    spaces = [space_by_name(name) for name in args.space]
+    spaces = [get_space(name) for name in args.space]
     if args.preset:
         spaces += preset_spaces(args.preset)
     if not spaces:

@@ -16,10 +16,11 @@ A table is one JSON object (full description in ``docs/LATENCY.md``)::
     }
 
 Keys are block names with their input tensor (:mod:`models.naming`); batch, device, threads and dtype live in the
-metadata. Analytic tables (``metric`` = ``flops`` / ``params`` / ``acts``, see :mod:`nas.cost`) use the same file
-with ``{"value": ...}`` entries, so a search can swap a FLOPs table in for a latency table. ``networks`` (optional)
-holds whole backbones measured end to end on the same device, so that ``tools/latency_report.py --from-table`` can
-check and calibrate the predictor for a device the project does not run on.
+metadata. Analytic tables (``metric`` = ``flops`` / ``params`` / ``acts``, see :mod:`latency.analytic`) use
+the same file with ``{"value": ...}`` entries, so a search can swap a FLOPs table in for a latency table.
+``networks`` (optional) holds whole backbones measured end to end on the same device, so that
+``tools/latency_report.py --from-table`` can check and calibrate the predictor for a device the project does not run
+on.
 
 Every write goes through :func:`utils.atomic.atomic_write_json`; a table opened again with the same identity (device,
 batch, resolution, threads, dtype, ...) keeps its entries, so an interrupted profile resumes where it stopped.
@@ -60,7 +61,7 @@ def now_iso() -> str:
 class TableFile:
     """A latency (or analytic cost) table: metadata plus one entry per block key.
 
-    Build one with :meth:`load`, :meth:`create` or :meth:`open_or_create`. ``nas.latency_table.LatencyTable`` adds
+    Build one with :meth:`load`, :meth:`create` or :meth:`open_or_create`. ``latency.internal_mode.LatencyTable`` adds
     on-demand measurement on top of this class.
 
     Attributes:
@@ -125,7 +126,7 @@ class TableFile:
                 the file, the line where it can be found and what to do).
         """
         data, text = read_json(path, "latency table", f"create it with profile_latency.py --out {path} (or "
-                               "nas.cost for a FLOPs/params/acts table)")
+                               "latency.analytic for a FLOPs/params/acts table)")
         return cls.from_data(data, path, text)
 
     @classmethod
@@ -283,7 +284,7 @@ class TableFile:
     def offset_ms(self) -> float:
         """The calibration's per-network offset in ms (0.0 unless an affine calibration was fitted).
 
-        It belongs to the whole backbone, not to any block: :func:`nas.cost.predict_latency` adds it once, and a
+        It belongs to the whole backbone, not to any block: :func:`latency.predict.predict_latency` adds it once, and a
         search adds it to the fixed parts of its expected latency.
         """
         calibration = self.meta.get("calibration")
@@ -319,7 +320,7 @@ class TableFile:
             skipped = self.skipped.get(canonical)
             why = f" (the profiler skipped it: {skipped['reason']})" if skipped else ""
             how = (_HOW_TO_MEASURE.format(key=canonical, path=self.path) if self.metric == "latency"
-                   else "rebuild the table with python -m nas.cost for this space")
+                   else "rebuild the table with python -m latency.analytic for this space")
             raise FaceNASError(f"{self.path}: no entry for {canonical}{why}; {how}, or use internal mode "
                                "(measure_missing) when the search runs on that device")
         return float(entry[METRICS[self.metric][0]])
@@ -491,3 +492,18 @@ def _line_of(text: str, needle: str) -> int | None:
     """1-based line of the first occurrence of ``needle`` in ``text``."""
     pos = text.find(needle) if text else -1
     return None if pos < 0 else text.count("\n", 0, pos) + 1
+
+
+class RunLog:
+    """Appends timestamped lines to a table's text log (what was measured, skipped and why)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a", encoding="utf-8", buffering=1)
+
+    def __call__(self, text: str) -> None:
+        self.handle.write(f"{now_iso()} {text}\n")
+
+    def close(self) -> None:
+        self.handle.close()

@@ -23,8 +23,8 @@ Examples:
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
   python profile_latency.py --preset rpi4 --out rpi4.json --random-archs 30 --fit-archs 30
 
-In the project this file is nas/profile_cli.py (``python -m nas.profile_cli``); profile_latency.py is generated from
-it and the block code by tools/build_profiler.py.
+In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
+generated from it and the block code by tools/build_profiler.py.
 """
 from __future__ import annotations
 
@@ -39,22 +39,30 @@ from typing import Any
 
 import torch
 
-from models.arch import Arch
-from models.naming import BlockSpec, format_block, parse_block
-from nas.measure import (
+from latency.measure import (
     DEFAULT_BATCH,
     block_spec,
     check_device,
-    deploy_backbone,
     load_average,
     machine_meta,
     measure_block,
-    measure_interleaved,
+    measure_networks,
 )
-from nas.random_arch import random_archs, space_by_name
-from nas.spaces import EXPERIMENTS, PRESETS, STAGE_FAMILIES, VARIATIONS, SearchSpace, preset_spaces
-from nas.table_file import TableFile, now_iso
+from latency.random_archs import validation_and_fit_archs
+from latency.table_format import RunLog, TableFile
+from models.arch import Arch
+from models.naming import BlockSpec, format_block, parse_block
+from models.search_space import (
+    EXPERIMENTS,
+    PRESETS,
+    STAGE_FAMILIES,
+    VARIATIONS,
+    SearchSpace,
+    get_space,
+    preset_spaces,
+)
 from utils.errors import FaceNASError, run_cli
+from utils.progress import Progress
 
 #: Stage blocks whose channel count changes by more than this factor are skipped (--max-channel-ratio). 8 is the
 #: largest jump of any thesis search space (TT3 128 -> 1024, T10/T12 32 -> 256), so presets are never cut.
@@ -219,17 +227,8 @@ def explicit_spaces(args: argparse.Namespace) -> list[SearchSpace]:
                 "pre_stage": experiment["pre_stage"], "variations": variations}
         space = SearchSpace.from_dict(data, "the --families options")
         for hs in hs_modes:
-            spaces.append(_hardswish(space) if hs else space)
+            spaces.append(space.with_hardswish() if hs else space)
     return spaces
-
-
-def _hardswish(space: SearchSpace) -> SearchSpace:
-    data = space.to_dict()
-    for i, stage in enumerate(data["stages"]):
-        if i >= 2:
-            stage["act"] = "HS"
-    data.update(name=space.name + "_HS", last_act="HS")
-    return SearchSpace.from_dict(data, f"space {space.name}_HS")
 
 
 def apply_overrides(spaces: list[SearchSpace], args: argparse.Namespace) -> list[SearchSpace]:
@@ -289,7 +288,7 @@ def collect(args: argparse.Namespace) -> tuple[list[str], list[SearchSpace], int
     spaces: list[SearchSpace] = []
     if args.preset and not args.families:
         spaces += preset_spaces(args.preset)
-    spaces += [space_by_name(name) for name in args.space]
+    spaces += [get_space(name) for name in args.space]
     if args.families:
         spaces += explicit_spaces(args)
     elif any(v is not None for v in (args.kernels, args.expansions, args.stages, args.channels, args.strides)):
@@ -325,12 +324,8 @@ def collect_networks(args: argparse.Namespace, spaces: list[SearchSpace]) -> lis
         raise FaceNASError("--random-archs and --fit-archs must be >= 0, --repeats >= 1")
     if args.random_archs and args.fit_archs and args.seed == args.fit_seed:
         raise FaceNASError("--fit-seed must differ from --seed (fitting and validation networks must differ)")
-    validate = random_archs(spaces, args.random_archs, args.seed, prefix="val") if args.random_archs else []
-    nets += [(arch, "validate") for arch in validate]
-    if args.fit_archs:
-        taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in validate}
-        nets += [(arch, "fit") for arch in random_archs(spaces, args.fit_archs, args.fit_seed, prefix="fit",
-                                                        exclude=taken)]
+    validate, fit = validation_and_fit_archs(spaces, args.random_archs, args.seed, args.fit_archs, args.fit_seed)
+    nets += [(arch, "validate") for arch in validate] + [(arch, "fit") for arch in fit]
     names = [arch.name for arch, _ in nets]
     if len(set(names)) != len(names):
         raise FaceNASError("two networks share a name; give the architecture files distinct 'name' fields")
@@ -360,60 +355,6 @@ def channel_ratio_problem(spec: BlockSpec, max_ratio: float) -> str | None:
 
 
 # -------------------------------------------------------------------------------------------- progress/log
-class ProgressLine:
-    """tqdm when it is installed, else a plain counter on stderr (the device may have nothing but torch)."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.start = total, 0, time.time()
-        self.enabled = enabled
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="block", dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-        self.tty = sys.stderr.isatty()
-
-    def update(self, text: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(text[:60], refresh=False)
-            self.bar.update(1)
-            return
-        elapsed = time.time() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        line = f"[{self.done}/{self.total}] {elapsed:6.0f}s eta {eta:5.0f}s  {text}"
-        if self.tty:
-            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
-        elif self.done == self.total or self.done % max(1, self.total // 20) == 0:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and self.tty:
-            print(file=sys.stderr)
-
-
-class RunLog:
-    """Appends timestamped lines to the text log."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("a", encoding="utf-8", buffering=1)
-
-    def __call__(self, text: str) -> None:
-        self.handle.write(f"{now_iso()} {text}\n")
-
-    def close(self) -> None:
-        self.handle.close()
-
-
 # -------------------------------------------------------------------------------------------------- main
 def default_out(args: argparse.Namespace, device: str, batch: int, resolution: int | None) -> str:
     label = args.preset or ("custom" if (args.families or args.space) else "names")
@@ -509,7 +450,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
     counts = {"measured": 0, "present": 0, "skipped": 0}
     start = time.time()
     groups = family_groups(keys)
-    progress = ProgressLine(len(keys) * args.rounds, enabled=not args.quiet)
+    progress = Progress(len(keys) * args.rounds, unit="block", enabled=not args.quiet)
     try:
         for round_index in range(args.rounds):
             for index, (family, group) in enumerate(groups):
@@ -520,7 +461,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                         if round_index == 0 and done >= args.rounds:
                             counts["present"] += 1
                             log(f"present {key} (already in the table)")
-                        progress.update(f"{key} present")
+                        progress.update(text=f"{key} present")
                         continue
                     reason = None if done else _skip_reason(table, key, filtered, args)
                     if reason is None:
@@ -542,7 +483,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                         counts["skipped"] += 1
                         table.save()
                         log(f"skipped {key}: {reason}")
-                        progress.update(f"{key} skipped")
+                        progress.update(text=f"{key} skipped")
                         continue
                     table.add_round(key, stats)
                     table.save()
@@ -550,7 +491,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                     log(f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
                         f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} "
                         f"first5={stats['first5_ms']:.4f} round={round_index + 1} load={load_average()}")
-                    progress.update(f"{key} {stats['mean_ms']:.3f} ms")
+                    progress.update(text=f"{key} {stats['mean_ms']:.3f} ms")
                 last = round_index == args.rounds - 1 and index == len(groups) - 1
                 if args.rest > 0 and measured_here and not last:
                     log(f"rest {args.rest:g} s after the {family} blocks")
@@ -592,18 +533,9 @@ def profile_networks(table: TableFile, networks: list[tuple[Arch, str]], args: a
             log(f"present network {arch.name}")
     if not todo:
         return 0
-    meta, protocol = table.meta, table.meta["protocol"]
-    channels_last = meta["memory_format"] == "channels_last"
-    modules = {arch.name: deploy_backbone(arch, channels_last) for arch, _ in todo}
-    side = table.input_size
-    progress = ProgressLine(len(todo) * args.repeats, enabled=not args.quiet)
-    try:
-        results = measure_interleaved(
-            modules, (meta["batch"], 3, side, side), args.repeats, args.seed, lambda: progress.update("network"),
-            device=meta["device"], warmup=protocol["warmup"], samples=protocol["samples"], threads=meta["threads"],
-            dtype=meta["dtype"], channels_last=channels_last, trim=protocol["trim"])
-    finally:
-        progress.close()
+    with Progress(len(todo) * args.repeats, "networks", "run", enabled=not args.quiet) as progress:
+        results = measure_networks([arch for arch, _ in todo], table.meta, args.repeats, args.seed,
+                                   lambda: progress.update(1))
     for arch, role in todo:
         stats = results[arch.name]
         table.add_network(arch.name, arch.to_dict(), stats, role)

@@ -1,9 +1,7 @@
-"""Latency tables for the search: lookups, calibration and internal mode (thesis 3.6.1).
+"""Internal mode (thesis 3.6.1): a table that measures its missing blocks on this machine.
 
-:class:`LatencyTable` is the file format of :mod:`nas.table_file` plus measurement on this machine:
+:class:`LatencyTable` is the file format of :mod:`latency.table_format` plus measurement on this machine:
 
-* ``table.latency(key)`` -> milliseconds (times the table's calibration scale unless ``calibrated=False``); a
-  missing key raises :class:`~utils.errors.FaceNASError` naming the table, the key and how to measure it.
 * ``table.measure_missing(keys)`` -> internal mode: the keys without an entry are measured here with the table's own
   protocol, batch, threads, dtype and memory format, and the table is saved atomically after each one, so a later run
   (or a crash) keeps them. It refuses when the table was measured on another machine: mixing devices in one table
@@ -11,18 +9,20 @@
 * ``LatencyTable.create(path, device="cpu", batch=1, resolution=320)`` fills in this machine's facts (CPU model or GPU
   name, threads, torch version) and the default protocol, so a search can start from an empty table.
 
-Analytic tables (FLOPs, parameters, activations; :mod:`nas.cost`) load through the same class; their missing
-entries are computed instead of measured.
+Analytic tables (FLOPs, parameters, activations; :mod:`latency.analytic`) load through the same class; their
+missing entries are computed instead of measured.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-from nas.table_file import METRICS, TableFile, now_iso
+from latency.analytic import block_counts
+from latency.measure import device_info, machine_meta, measure_block
+from latency.table_format import METRICS, TableFile
 from utils.errors import FaceNASError
+from utils.progress import track
 
 __all__ = ["LatencyTable"]
 
@@ -34,8 +34,6 @@ class LatencyTable(TableFile):
     def create(cls, path: str | os.PathLike | None, **meta: Any) -> LatencyTable:
         """A new table; for a latency table whose ``meta`` lacks ``device_name`` this machine's facts are filled in."""
         if meta.get("metric", "latency") == "latency" and "device_name" not in meta:
-            from nas.measure import machine_meta
-
             meta = machine_meta(**meta)
         return super().create(path, **meta)  # type: ignore[return-value]
 
@@ -43,8 +41,6 @@ class LatencyTable(TableFile):
     def open_or_create(cls, path: str | os.PathLike, **meta: Any) -> LatencyTable:
         """Resume ``path`` when its identity matches ``meta`` (completed with this machine's facts), else create."""
         if meta.get("metric", "latency") == "latency" and "device_name" not in meta:
-            from nas.measure import machine_meta
-
             meta = machine_meta(**meta)
         return super().open_or_create(path, **meta)  # type: ignore[return-value]
 
@@ -53,8 +49,6 @@ class LatencyTable(TableFile):
         """Why this machine cannot add measurements to the table, or ``None`` when it can."""
         if self.metric != "latency":
             return None
-        from nas.measure import device_info
-
         device = self.meta["device"]
         if device == "cuda":
             import torch
@@ -76,13 +70,13 @@ class LatencyTable(TableFile):
                                "profile_latency.py --names-file FILE --out TABLE, or start a new table here")
 
     def measure_missing(self, keys: Iterable[str], progress: bool = True,
-                        log: str | os.PathLike | Callable[[str], None] | None = None) -> list[str]:
+                        log: Callable[[str], None] | None = None) -> list[str]:
         """Measure (latency) or compute (analytic metrics) every key of ``keys`` that has no entry, saving after each.
 
         Args:
             keys: block keys (with inputs); ``Zero`` keys and keys already present are ignored.
-            progress: show a tqdm bar (when tqdm is installed).
-            log: a text file to append one line per measured key to, or a callable taking that line.
+            progress: show a progress bar.
+            log: called with one line per measured key (e.g. a :class:`~latency.table_format.RunLog`).
 
         Returns:
             The keys that were added.
@@ -100,17 +94,15 @@ class LatencyTable(TableFile):
                 raise FaceNASError(f"{self.path}: {len(missing)} block(s) missing (e.g. {missing[0]}) and {problem}; "
                                    f"measure them on that device: profile_latency.py --names-file {listing} --out "
                                    f"{self.path.name if self.path else 'TABLE'}")
-        write = _log_writer(log)
-        for key in _progress(missing, progress, f"measuring {len(missing)} missing blocks"):
+        write = log or (lambda line: None)
+        for key in track(missing, desc=f"measuring {len(missing)} missing blocks", unit="block", enabled=progress):
             if self.metric == "latency":
                 stats = self._measure(key)
-                line = (f"{now_iso()} measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
+                line = (f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
                         f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} (internal mode)")
             else:
-                from nas.cost import block_counts
-
                 stats = {"value": block_counts(key, self.batch)[self.metric] / 1e6}
-                line = f"{now_iso()} computed {key} {self.metric}={stats['value']:.6f} {METRICS[self.metric][1]}"
+                line = f"computed {key} {self.metric}={stats['value']:.6f} {METRICS[self.metric][1]}"
             self.add(key, stats)
             if self.path is not None:
                 self.save()
@@ -118,8 +110,6 @@ class LatencyTable(TableFile):
         return missing
 
     def _measure(self, key: str) -> dict[str, Any]:
-        from nas.measure import measure_block
-
         protocol = self.meta["protocol"]
         return measure_block(key, self.batch, self.meta["device"], protocol["warmup"], protocol["samples"],
                              self.meta.get("threads"), dtype=self.meta["dtype"],
@@ -135,27 +125,3 @@ class LatencyTable(TableFile):
         except OSError:
             return "MISSING.txt"
         return str(target)
-
-
-def _log_writer(log: str | os.PathLike | Callable[[str], None] | None) -> Callable[[str], None]:
-    if log is None:
-        return lambda line: None
-    if callable(log):
-        return log
-    path = Path(log)
-
-    def write(line: str) -> None:
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-
-    return write
-
-
-def _progress(items: list[str], enabled: bool, desc: str) -> Iterable[str]:
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="block", leave=False)

@@ -13,6 +13,11 @@ Squeeze-excitation (``se`` = ``"se"`` / ``"ese"``) goes on every candidate of th
 (0 = pre-stage). The thesis text says "only blocks with cin == cout", but its own Table 30 puts eSE on stage-first
 blocks; FaceNAS follows the table by default (``se_rule="all"``) and offers ``"equal_channels"``.
 
+:meth:`SearchSpace.arch_from_choices` is the one place that turns per-edge choices into an
+:class:`~models.arch.Arch` (the supernet's derive, random draws and the budgeted derive all use it), and
+:meth:`SearchSpace.skeleton` gives the parts every network of the space shares, from which the supernet builds its
+stem and FPN taps with the backbone's own builders.
+
 Standard library only: ``profile_latency.py`` embeds this file to enumerate the blocks of a preset.
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.arch import Arch, is_hardswish_stage
 from models.naming import BlockSpec, format_block, parse_block
 from utils.errors import FaceNASError
 from utils.jsonfile import read_json
@@ -232,15 +238,6 @@ class SearchSpace:
             return "conv_pool"
         return "none"
 
-    def fixed_specs(self) -> list[tuple[str, BlockSpec]]:
-        """The parts outside the MixedEdges: first conv, pre-stage, MaxPool, last conv (``where``, spec)."""
-        parts = [("first_conv", self.first_conv()), ("pre_stage.0", self.pre_stage_block())]
-        if self.maxpool:
-            parts.append(("maxpool", BlockSpec("MaxPool", kernel=3, stride=2)))
-        if self.last_conv() is not None:
-            parts.append(("last_conv", self.last_conv()))
-        return parts
-
     def placed(self, input_size: int | tuple[int, int]) -> tuple[list[tuple[str, BlockSpec]], list[list[BlockSpec]]]:
         """Fixed parts and edge candidates with their input tensors for an input resolution.
 
@@ -248,29 +245,60 @@ class SearchSpace:
             ``(fixed, edges)``: fixed = [(where, spec)] in forward order (last conv last); edges = one list of
             candidate specs per MixedEdge (``Zero`` included, with its input too).
         """
-        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        fixed, cin = [], 3
-        for where, spec in self.fixed_specs():
-            if where == "last_conv":
-                continue
-            spec = spec.with_input(cin, size)
-            fixed.append((where, spec))
-            cin, size = spec.cout, spec.out_size()
-        edges = []
-        for edge in self.edges():
-            edges.append([c.with_input(edge.cin, size).validate() for c in edge.candidates])
-            size = edges[-1][0].out_size()
-        last = self.last_conv()
-        if last is not None:
-            fixed.append(("last_conv", last.with_input(self.stages[-1].channels, size)))
-        return fixed, edges
+        resolved = self.skeleton().resolve(input_size)  # every edge takes a real block in the skeleton: 1:1
+        fixed = [(b.where, b.spec) for b in resolved if not b.where.startswith("stages.")]
+        inputs = [b.spec for b in resolved if b.where.startswith("stages.")]
+        return fixed, [[c.with_input(s.cin, s.size).validate() for c in edge.candidates]
+                       for edge, s in zip(self.edges(), inputs)]
+
+    def keys(self, input_size: int | tuple[int, int]) -> tuple[list[str], list[list[str | None]]]:
+        """Table keys of the fixed parts and of every edge's candidates (``None`` for Zero) at a resolution."""
+        fixed, edges = self.placed(input_size)
+        return ([format_block(spec) for _, spec in fixed],
+                [[None if c.family == "Zero" else format_block(c) for c in candidates] for candidates in edges])
 
     def latency_keys(self, input_size: int | tuple[int, int]) -> list[str]:
         """Every latency-table key the space needs at this resolution (fixed parts and candidates; Zero costs 0)."""
-        fixed, edges = self.placed(input_size)
-        keys = [format_block(spec) for _, spec in fixed]
-        keys += [format_block(c) for candidates in edges for c in candidates if c.family != "Zero"]
-        return list(dict.fromkeys(keys))
+        fixed, edges = self.keys(input_size)
+        return list(dict.fromkeys(fixed + [k for candidates in edges for k in candidates if k is not None]))
+
+    # ------------------------------------------------------------------------------------- choices -> arch
+    def arch_from_choices(self, choices: list[int], name: str | None = None,
+                          meta: dict[str, Any] | None = None) -> Arch:
+        """The architecture that takes candidate ``choices[i]`` on edge ``i`` (``Zero`` removes the layer).
+
+        The fixed parts (first conv, pre-stage, MaxPool, last conv) come from the space; ``meta`` gets the space's
+        name and the choices.
+
+        Raises:
+            FaceNASError: wrong number of choices, or an index out of range.
+        """
+        edges = self.edges()
+        if len(choices) != len(edges):
+            raise FaceNASError(f"space {self.name} has {len(edges)} edges but {len(choices)} choices were given")
+        stages: list[list[BlockSpec]] = [[] for _ in self.stages]
+        for edge, choice in zip(edges, choices):
+            if not 0 <= int(choice) < len(edge.candidates):
+                raise FaceNASError(f"space {self.name}, {edge.where}: choice {choice} is not in "
+                                   f"0..{len(edge.candidates) - 1}")
+            spec = edge.candidates[int(choice)]
+            if spec.family != "Zero":
+                stages[edge.stage].append(spec)
+        arch = Arch(name=name or f"{self.name}_arch", first_conv=self.first_conv(), pre_stage=[self.pre_stage_block()],
+                    maxpool=self.maxpool, stages=stages, last_conv=self.last_conv(),
+                    meta={"space": self.name, "choices": [int(c) for c in choices], **(meta or {})})
+        return arch.validate()
+
+    def skeleton(self) -> Arch:
+        """A network of the space (each edge's first candidate): what every choice shares (stem, stage widths and
+        strides, last conv, FPN taps), for the supernet to build with the backbone's builders."""
+        return self.arch_from_choices([0] * len(self.edges()), f"{self.name}_skeleton")
+
+    def with_hardswish(self) -> SearchSpace:
+        """The thesis' _HS form: HardSwish in stages 3 and on and in the last conv (see
+        :func:`models.arch.is_hardswish_stage`)."""
+        stages = tuple(replace(s, act="HS") if is_hardswish_stage(i) else s for i, s in enumerate(self.stages))
+        return replace(self, stages=stages, last_act="HS", name=self.name + "_HS").validate()
 
     def validate(self) -> SearchSpace:
         """Check families, strides (>= 4 stride-2 steps, 3 with MaxPool) and the policies."""
@@ -359,10 +387,14 @@ def get_space(name_or_path: str, hardswish: bool = False, **overrides: Any) -> S
     """A space by experiment name (``R5``, ``TT3``, ``J15``...), preset name (its default experiment) or JSON file.
 
     Args:
-        name_or_path: experiment, preset or path.
-        hardswish: the thesis' _HS variant: HardSwish in stages 3-4 and the last conv.
+        name_or_path: experiment, preset or path; an experiment name may carry the thesis' ``_HS`` suffix
+            (``R5_V2_HS`` = R5_V2 with HardSwish in stages 3-4).
+        hardswish: the thesis' _HS variant (:meth:`SearchSpace.with_hardswish`).
         **overrides: fields replacing the experiment's (e.g. ``last_channels=128``).
     """
+    text = str(name_or_path)
+    if text.upper().endswith("_HS") and not text.endswith(".json"):
+        name_or_path, hardswish = text[:-3], True
     if str(name_or_path).endswith(".json"):
         space = SearchSpace.load(name_or_path)
     else:
@@ -374,8 +406,7 @@ def get_space(name_or_path: str, hardswish: bool = False, **overrides: Any) -> S
                                f"experiment ({', '.join(EXPERIMENTS)}) or a .json file")
         space = SearchSpace.from_dict({"name": key, **EXPERIMENTS[key]}, f"experiment {key}")
     if hardswish:
-        stages = tuple(replace(s, act="HS") if i >= 2 else s for i, s in enumerate(space.stages))
-        space = replace(space, stages=stages, last_act="HS", name=space.name + "_HS")
+        space = space.with_hardswish()
     if overrides:
         space = SearchSpace.from_dict({**space.to_dict(), **overrides}, f"space {space.name}")
     return space.validate()

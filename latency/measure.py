@@ -306,6 +306,27 @@ def measure_interleaved(modules: dict[str, nn.Module], input_shape: tuple[int, .
     return out
 
 
+def measure_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, seed: int = 0,
+                     on_step: Any = None) -> dict[str, dict[str, Any]]:
+    """Whole backbones end to end with a table's protocol (``meta``: device, batch, resolution, threads, dtype,
+    memory format, warm-up/samples/trim), deployed form, interleaved rounds (:func:`measure_interleaved`).
+
+    Returns:
+        architecture name -> ``{"rounds_ms", "measured_ms", "spread"}``.
+    """
+    protocol = meta["protocol"]
+    channels_last = meta["memory_format"] == "channels_last"
+    modules = {arch.name: deploy_backbone(arch, channels_last) for arch in archs}
+    if meta.get("resolution") is None:
+        raise FaceNASError("the table records no resolution (it was built from --names only); whole networks need "
+                           "one: give --resolution")
+    side = int(meta["resolution"])
+    return measure_interleaved(
+        modules, (int(meta["batch"]), 3, side, side), repeats, seed, on_step, device=meta["device"],
+        warmup=protocol["warmup"], samples=protocol["samples"], threads=meta.get("threads"), dtype=meta["dtype"],
+        channels_last=channels_last, trim=protocol["trim"])
+
+
 def cpu_model() -> str:
     """A human name for this CPU (x86 model name, Raspberry Pi board model, or what the OS says)."""
     board = _read_text("/proc/device-tree/model").replace("\x00", "").strip()

@@ -40,10 +40,8 @@ def setup_logging(log_file: str | Path | None = None, is_main: bool = True, rank
     Returns:
         The logger.
     """
+    close_logging(name)
     logger = logging.getLogger(name)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
     logger.propagate = False
     console = _TqdmHandler(sys.stderr if not is_main else sys.stdout)
     if is_main:
