@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/table_format.py, latency/measure.py, latency/random_archs.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -20,16 +20,17 @@ What to measure (combined):
   --names KEY ... / --names-file FILE   exactly these keys (block names with their _CxHxW input)
 Use --list-names to print the keys without measuring.
 
-Whole networks (to check and calibrate the predictor for this device with tools/latency_report.py --from-table):
-  --random-archs 30 --fit-archs 30    random backbones of the selected spaces, measured end to end after the blocks
-  --arch net.json ...                 architecture files, measured end to end
+Calibration, by default: after the blocks, 24 random whole networks of the selected spaces are measured end to end
+on the device and the table's calibration (a small linear model of what the plain block sum misses; see
+latency/calibration.py) is fitted on them, then scored on 8 others it never saw; both errors are stored in the
+table (meta.calibration) and printed. --fit-archs / --random-archs change the counts, --no-calibration skips it.
 
 Examples:
   python profile_latency.py --preset rpi4 --out rpi4.json --rest 30
   python profile_latency.py --preset dgx --out dgx_v100.json
   python profile_latency.py --families KK DK --channels 24,32 64 128 256 --resolution 640 --device cuda --batch 1
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
-  python profile_latency.py --preset rpi4 --out rpi4.json --random-archs 30 --fit-archs 30
+  python profile_latency.py --preset rpi4 --out rpi4.json --fit-archs 40 --random-archs 30 --arch net.json
 
 In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
 generated from it and the block code by tools/build_profiler.py.
@@ -1607,6 +1608,324 @@ def preset_spaces(preset: str) -> list[SearchSpace]:
 # -------------------------------------------------- end models/search_space.py
 
 
+# -------------------------------------------------- begin latency/accuracy.py
+"""How close predicted latencies are to measured ones: MAPE, shares within 5% / 10%, bias, largest error, Spearman.
+
+Standard library only, so ``profile_latency.py`` can report its own calibration on a device that has only PyTorch;
+hence the hand-written rank correlation, which matches ``scipy.stats.spearmanr`` (average ranks; a test checks it).
+"""
+
+import math
+import statistics
+from typing import Any
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            out[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation of two equally long lists (``None`` below 3 values or without spread)."""
+    if len(a) != len(b) or len(a) < 3:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    mean_a, mean_b = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(ra, rb))
+    var = math.sqrt(sum((x - mean_a) ** 2 for x in ra) * sum((y - mean_b) ** 2 for y in rb))
+    return None if var == 0 else cov / var
+
+
+def accuracy(predicted: list[float], measured: list[float]) -> dict[str, Any]:
+    """MAPE (%), shares within 5% / 10% (%), Spearman, mean signed error (%), largest error (%) and count."""
+    n = len(predicted)
+    if n == 0:
+        return {"n": 0}
+    errors = [(p - m) / m * 100.0 for p, m in zip(predicted, measured)]
+    return {
+        "n": n,
+        "mape": sum(abs(e) for e in errors) / n,
+        "within5": 100.0 * sum(abs(e) <= 5 for e in errors) / n,
+        "within10": 100.0 * sum(abs(e) <= 10 for e in errors) / n,
+        "spearman": spearman(predicted, measured),
+        "bias": sum(errors) / n,
+        "max_abs": max(abs(e) for e in errors),
+    }
+
+
+def summarize_groups(nets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy before (raw) and after (calibrated) calibration per group and over every validation network."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for net in nets:
+        groups.setdefault(net["group"], []).append(net)
+    groups["all_validation"] = [n for n in nets if n["role"] == "validate"]
+    out = {}
+    for name, members in groups.items():
+        if not members:
+            continue
+        meas = [n["measured_ms"] for n in members]
+        out[name] = {
+            "raw": accuracy([n["predicted_raw_ms"] for n in members], meas),
+            "calibrated": accuracy([n["predicted_ms"] for n in members], meas),
+            "median_spread": statistics.median(n["spread"] for n in members),
+        }
+    return out
+# -------------------------------------------------- end latency/accuracy.py
+
+
+# -------------------------------------------------- begin latency/calibration.py
+"""Calibrating a block table against whole networks measured on the same device.
+
+Isolated blocks run with warm caches and without their neighbours, so the plain sum of a table misses part of a
+whole network's latency (on this project's 2-core x86 CPU it under-predicted every one of 30 random networks, by
+11-23%). A calibration is a small linear model of that gap, **additive over blocks** so that a network's prediction
+stays "fixed part + one cost per edge" (what the budgeted derive of :mod:`nas.derive` needs)::
+
+    predicted = sum over blocks b of  sum_f coef[f] * f(b)   +   coef["network"]
+
+with block features ``f`` (:data:`BLOCK_FEATURES`): ``time`` (the table entry, ms), ``block`` (1: a fixed cost per
+block run inside a network), ``io`` (input + output elements of the block in millions: memory traffic that is warm
+when a block runs alone) and ``time:<family>`` (the entry again, for one stage family only: that family's scale is
+``time + time:<family>``).
+``network`` is a per-network constant. The scale-only calibration of earlier tables is ``{"time": scale}`` and the
+affine one ``{"time": scale, "network": offset}``: old tables keep working.
+
+:func:`fit_model` fits one feature set by least squares on the relative error; :func:`select_model` tries every
+model of :data:`CANDIDATE_MODELS` and keeps the one with the smallest leave-one-out error on the fitting networks,
+preferring fewer parameters unless more clearly generalise better. The validation networks are never used for fitting
+or choosing. Standard library only apart from ``torch.linalg.lstsq`` (imported when fitting): ``profile_latency.py``
+embeds this file and fits on the device.
+"""
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+
+#: Calibration methods of :func:`fit_calibration` (scale / scale + offset only; kept for reports and old tables).
+CALIBRATION_METHODS = ("median", "lsq", "affine")
+BLOCK_FEATURES = ("time", "block", "io")
+#: Families a calibration may scale separately (on top of ``time``): the stage blocks a search chooses between.
+SCALED_FAMILIES = tuple(family for family in FAMILIES if family not in ("Conv", "MaxPool", "Zero"))
+#: The models :func:`select_model` chooses from, fewest parameters first.
+CANDIDATE_MODELS: dict[str, tuple[str, ...]] = {
+    "scale": ("time",),
+    "scale+offset": ("time", "network"),
+    "scale+per-block": ("time", "block"),
+    "scale+traffic": ("time", "io"),
+    "scale+per-block+traffic": ("time", "block", "io"),
+    "scale+per-block+offset": ("time", "block", "network"),
+    "family-scales": ("time", *(f"time:{family}" for family in SCALED_FAMILIES)),
+    "family-scales+per-block": ("time", "block", *(f"time:{family}" for family in SCALED_FAMILIES)),
+}
+#: A model with more parameters must beat a simpler one's leave-one-out MAPE by this many points to be chosen.
+SIMPLER_MARGIN = 0.25
+
+
+def block_features(spec: BlockSpec, raw: float, batch: int) -> dict[str, float]:
+    """The features of one block (a key with its input tensor) whose table entry is ``raw`` ms."""
+    cin, (height, width) = spec.cin or 0, spec.size or (0, 0)
+    out_h, out_w = spec.out_size() if spec.size else (0, 0)
+    io = batch * (cin * height * width + spec.cout * out_h * out_w) / 1e6
+    return {"time": raw, "block": 1.0, "io": io, f"time:{spec.family}": raw}
+
+
+@dataclass
+class Calibration:
+    """A fitted calibration: coefficients per feature (see the module docstring) and how it was obtained."""
+
+    coef: dict[str, float]
+    model: str = "custom"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_meta(cls, data: dict[str, Any] | None) -> Calibration | None:
+        """Read ``meta.calibration`` (``{"coef": ...}`` or the older ``{"scale", "offset_ms"}``)."""
+        if not data:
+            return None
+        coef = data.get("coef") or {"time": float(data["scale"]), "network": float(data.get("offset_ms", 0.0))}
+        return cls({k: float(v) for k, v in coef.items()}, str(data.get("model", "scale+offset")), dict(data))
+
+    @property
+    def scale(self) -> float:
+        """The multiplier of plain table entries (family models add their own on top of it)."""
+        return self.coef.get("time", 1.0)
+
+    @property
+    def offset(self) -> float:
+        """The per-network constant (ms)."""
+        return self.coef.get("network", 0.0)
+
+    def block_cost(self, spec: BlockSpec, raw: float, batch: int) -> float:
+        """Calibrated cost of one block whose table entry is ``raw``."""
+        if spec.family == "Zero":
+            return 0.0
+        features = block_features(spec, raw, batch)
+        return sum(value * features.get(name, 0.0) for name, value in self.coef.items() if name != "network")
+
+    def to_meta(self) -> dict[str, Any]:
+        """The ``meta.calibration`` object: coefficients plus the ``scale`` / ``offset_ms`` older readers use."""
+        return {**self.info, "model": self.model, "coef": dict(self.coef), "scale": self.scale,
+                "offset_ms": self.offset}
+
+
+def coef_problem(coef: Any) -> str | None:
+    """Why a ``coef`` object is invalid, or ``None``."""
+    if not isinstance(coef, dict) or not coef:
+        return "'coef' must be an object of feature -> number"
+    known = {*BLOCK_FEATURES, "network", *(f"time:{family}" for family in SCALED_FAMILIES)}
+    for name, value in coef.items():
+        if name not in known:
+            return f"unknown calibration feature {name!r} (known: {', '.join(sorted(known))})"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"coefficient {name!r} must be a finite number, not {value!r}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- fitting
+def network_features(blocks: list[tuple[BlockSpec, float]], batch: int) -> dict[str, float]:
+    """Sum of :func:`block_features` over a network's ``(spec, raw ms)`` blocks, plus ``network`` = 1."""
+    total: dict[str, float] = {"network": 1.0}
+    for spec, raw in blocks:
+        if spec.family == "Zero":
+            continue
+        for name, value in block_features(spec, raw, batch).items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def fit_model(features: list[dict[str, float]], measured: list[float], names: tuple[str, ...]) -> dict[str, float]:
+    """Least squares on the relative error: minimise sum_i ((x_i . c - m_i) / m_i)^2 over coefficients ``c``.
+
+    Raises:
+        FaceNASError: fewer networks than coefficients, or a rank-deficient design (e.g. only one block family).
+    """
+    import torch
+
+    present = [n for n in names if any(f.get(n, 0.0) for f in features)]
+    if len(measured) < len(present) + 1:
+        raise FaceNASError(f"{len(measured)} networks cannot fit {len(present)} calibration coefficients")
+    rows = torch.tensor([[f.get(n, 0.0) / m for n in present] for f, m in zip(features, measured)],
+                        dtype=torch.float64)
+    ones = torch.ones(len(measured), 1, dtype=torch.float64)
+    if int(torch.linalg.matrix_rank(rows)) < len(present):
+        raise FaceNASError("the fitting networks do not tell the calibration's features apart")
+    solution = torch.linalg.lstsq(rows, ones).solution[:, 0]
+    return {n: float(v) for n, v in zip(present, solution)}
+
+
+def _predict(coef: dict[str, float], features: dict[str, float]) -> float:
+    return sum(value * features.get(name, 0.0) for name, value in coef.items())
+
+
+def _physical(coef: dict[str, float]) -> bool:
+    """Per-block terms must not be negative: a block may never make a network cheaper than skipping it."""
+    scale = coef.get("time", 0.0)
+    families = [value for name, value in coef.items() if name.startswith("time:")]
+    return scale > 0 and all(scale + value > 0 for value in families) and coef.get("block", 0.0) >= 0 \
+        and coef.get("io", 0.0) >= 0
+
+
+def select_model(features: list[dict[str, float]], measured: list[float],
+                 candidates: dict[str, tuple[str, ...]] | None = None) -> tuple[Calibration, dict[str, Any]]:
+    """Fit every candidate model, score it by leave-one-out on these networks, keep the best that generalises.
+
+    Returns:
+        The chosen calibration (fitted on all the networks) and, per candidate, its leave-one-out accuracy
+        (``{"loo": accuracy dict, "coef": ...}`` or ``{"error": ...}``).
+    """
+    candidates = candidates or CANDIDATE_MODELS
+    report: dict[str, Any] = {}
+    for name, names in candidates.items():
+        try:
+            coef = fit_model(features, measured, names)
+            if not _physical(coef):
+                raise FaceNASError(f"a negative per-block coefficient ({coef})")
+            held_out = []
+            for i in range(len(measured)):
+                rest = [j for j in range(len(measured)) if j != i]
+                loo = fit_model([features[j] for j in rest], [measured[j] for j in rest], names)
+                held_out.append(_predict(loo, features[i]))
+        except FaceNASError as exc:
+            report[name] = {"error": str(exc)}
+            continue
+        report[name] = {"coef": coef, "parameters": len(coef), "loo": accuracy(held_out, measured)}
+    usable = [n for n in candidates if "loo" in report[n]]
+    if not usable:
+        raise FaceNASError("no calibration model could be fitted: " + "; ".join(
+            f"{n}: {report[n]['error']}" for n in candidates))
+    best = min(usable, key=lambda n: report[n]["loo"]["mape"])
+    # the simplest model whose held-out error is within SIMPLER_MARGIN points of the best
+    chosen = min((n for n in usable if report[n]["loo"]["mape"] <= report[best]["loo"]["mape"] + SIMPLER_MARGIN),
+                 key=lambda n: (report[n]["parameters"], report[n]["loo"]["mape"]))
+    coef = report[chosen]["coef"]
+    fitted = [_predict(coef, f) for f in features]
+    info = {"method": "select", "n": len(measured), "fit": accuracy(fitted, measured),
+            "loo": report[chosen]["loo"], "candidates": {n: {k: v for k, v in r.items() if k != "coef"}
+                                                         for n, r in report.items()}}
+    return Calibration(coef, chosen, info), report
+
+
+def fit_calibration(predicted: list[float], measured: list[float], method: str = "median") -> tuple[float, float]:
+    """A scale (and offset) so that scale x predicted + offset ~ measured, from plain sums only.
+
+    ``median``: scale = median of measured/predicted, no offset; robust to a few networks hit by machine noise.
+    ``lsq``: least squares on the relative error, minimising sum((s p_i - m_i) / m_i)^2, which gives
+    s = sum(r_i) / sum(r_i^2) with r_i = p_i / m_i. ``affine``: the same least squares with an offset, fitted in
+    closed form on the relative error. :func:`select_model` supersedes these for new tables.
+    """
+    if not predicted:
+        raise FaceNASError("no networks to fit the calibration on")
+    if method == "median":
+        return statistics.median(m / p for p, m in zip(predicted, measured)), 0.0
+    ratios = [p / m for p, m in zip(predicted, measured)]
+    if method == "lsq":
+        return sum(ratios) / sum(r * r for r in ratios), 0.0
+    if method == "affine":
+        # normal equations of min sum (s*u_i + c*v_i - 1)^2 with u_i = p_i/m_i, v_i = 1/m_i
+        inverse = [1.0 / m for m in measured]
+        suu = sum(u * u for u in ratios)
+        svv = sum(v * v for v in inverse)
+        suv = sum(u * v for u, v in zip(ratios, inverse))
+        det = suu * svv - suv * suv
+        if len(predicted) < 3 or det <= 1e-12 * suu * svv:
+            raise FaceNASError("the affine calibration needs at least 3 networks of different sizes")
+        scale = (sum(ratios) * svv - sum(inverse) * suv) / det
+        offset = (sum(inverse) * suu - sum(ratios) * suv) / det
+        if scale <= 0:
+            raise FaceNASError(f"the affine fit gave a non-positive scale ({scale:.3f}); use --calibration median")
+        return scale, offset
+    raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+
+
+def compare_methods(fit: list[dict[str, Any]], validate: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every scale/offset method fitted on ``fit`` and scored on ``validate`` (to choose one with evidence)."""
+    out: dict[str, Any] = {}
+    raw_p = [n["predicted_raw_ms"] for n in fit]
+    meas = [n["measured_ms"] for n in fit]
+    for method in CALIBRATION_METHODS:
+        try:
+            scale, offset = fit_calibration(raw_p, meas, method)
+        except FaceNASError as exc:
+            out[method] = {"error": str(exc)}
+            continue
+        out[method] = {"scale": scale, "offset_ms": offset, "validation": accuracy(
+            [scale * n["predicted_raw_ms"] + offset for n in validate], [n["measured_ms"] for n in validate])}
+    return out
+# -------------------------------------------------- end latency/calibration.py
+
+
 # -------------------------------------------------- begin latency/table_format.py
 """The latency-table file: JSON schema, validated loading, atomic saving and resume (SPEC section 7).
 
@@ -1650,6 +1969,8 @@ TABLE_FORMAT = "facenas-latency-table/1"
 METRICS = {"latency": ("mean_ms", "ms"), "flops": ("value", "MFLOPs"), "params": ("value", "M params"),
            "acts": ("value", "M acts")}
 LATENCY_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "n")
+#: protocol.estimator -> the entry field a table's values are read from (the statistic of the timed samples).
+ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
                    "memory_format", "bn_folded")
@@ -1829,15 +2150,23 @@ class TableFile:
             trim = protocol.get("trim")
             if not _is_number(trim) or not 0 <= trim < 0.5:
                 raise fail("protocol", f"trim must be a number in [0, 0.5), not {trim!r}")
+        if metric == "latency" and meta["protocol"].get("estimator", "trimmed_mean") not in ESTIMATORS:
+            raise fail("protocol", f"estimator must be one of {', '.join(ESTIMATORS)}, not "
+                                   f"{meta['protocol'].get('estimator')!r}")
         calibration = meta.get("calibration")
         if calibration is not None:
-            scale = calibration.get("scale") if isinstance(calibration, dict) else None
-            offset = calibration.get("offset_ms", 0.0) if isinstance(calibration, dict) else None
-            if not _is_number(scale) or not math.isfinite(scale) or scale <= 0 or not _is_number(offset) \
-                    or not math.isfinite(offset):
-                raise fail("calibration", "must be null or an object whose 'scale' is a positive number (and "
-                                          "'offset_ms' a number); refit it with tools/latency_report.py "
-                                          "--fit-calibration")
+            if not isinstance(calibration, dict):
+                problem = "must be null or an object"
+            elif "coef" in calibration:
+                problem = coef_problem(calibration["coef"])
+            else:
+                scale, offset = calibration.get("scale"), calibration.get("offset_ms", 0.0)
+                problem = None if (_is_number(scale) and math.isfinite(scale) and scale > 0 and _is_number(offset)
+                                   and math.isfinite(offset)) else "'scale' must be a positive number (and " \
+                                                                   "'offset_ms' a number)"
+            if problem:
+                raise fail("calibration", f"{problem}; refit it with tools/latency_report.py --fit-calibration or "
+                                          "profile the device again")
 
     def check_identity(self, wanted: dict[str, Any]) -> None:
         """Raise when ``wanted`` disagrees with this table on an identity field (device, batch, resolution...)."""
@@ -1878,24 +2207,33 @@ class TableFile:
         return self.meta.get("device")
 
     @property
+    def calibration(self) -> Calibration | None:
+        """The table's calibration (``None`` when it has none or is not a latency table)."""
+        data = self.meta.get("calibration")
+        if self.metric != "latency" or not data:
+            return None
+        if getattr(self, "_calibration_source", None) is not data:  # parsed once per calibration object
+            self._calibration_source, self._calibration = data, Calibration.from_meta(data)
+        return self._calibration
+
+    @property
+    def estimator(self) -> str:
+        """The statistic of the timed samples this table's values use (``protocol.estimator``)."""
+        return self.meta.get("protocol", {}).get("estimator", "trimmed_mean") if self.metric == "latency" else ""
+
+    @property
     def scale(self) -> float:
-        """The calibration scale (1.0 when the table has none or is not a latency table)."""
-        calibration = self.meta.get("calibration")
-        if self.metric != "latency" or not calibration:
-            return 1.0
-        return float(calibration["scale"])
+        """The calibration's multiplier of plain entries (1.0 when the table has none)."""
+        return 1.0 if self.calibration is None else self.calibration.scale
 
     @property
     def offset_ms(self) -> float:
-        """The calibration's per-network offset in ms (0.0 unless an affine calibration was fitted).
+        """The calibration's per-network constant in ms (0.0 when it has none).
 
         It belongs to the whole backbone, not to any block: :func:`latency.predict.predict_latency` adds it once, and a
         search adds it to the fixed parts of its expected latency.
         """
-        calibration = self.meta.get("calibration")
-        if self.metric != "latency" or not calibration:
-            return 0.0
-        return float(calibration.get("offset_ms", 0.0))
+        return 0.0 if self.calibration is None else self.calibration.offset
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -1908,7 +2246,7 @@ class TableFile:
 
     # ---------------------------------------------------------------------------------------------- lookups
     def value(self, key: str) -> float:
-        """The raw (uncalibrated) value of ``key``: ``mean_ms`` for latency, ``value`` for analytic metrics.
+        """The raw (uncalibrated) value of ``key``: the estimator's field for latency, ``value`` for analytic metrics.
 
         ``Zero`` blocks (the skipped layer of the search) cost 0 by definition.
 
@@ -1928,12 +2266,18 @@ class TableFile:
                    else "rebuild the table with python -m latency.analytic for this space")
             raise FaceNASError(f"{self.path}: no entry for {canonical}{why}; {how}, or use internal mode "
                                "(measure_missing) when the search runs on that device")
-        return float(entry[METRICS[self.metric][0]])
+        return float(entry[ESTIMATORS[self.estimator] if self.metric == "latency" else "value"])
 
     def latency(self, key: str, calibrated: bool = True) -> float:
-        """The table's value for ``key`` (ms for a latency table), times the calibration scale unless disabled."""
+        """The table's cost of block ``key`` (ms for a latency table), calibrated unless disabled.
+
+        With a calibration this is the block's share of a whole network's latency (:mod:`latency.calibration`); the
+        per-network constant (:attr:`offset_ms`) is added once per network by the predictor.
+        """
         value = self.value(key)
-        return value * self.scale if calibrated else value
+        if not calibrated or self.calibration is None:
+            return value
+        return self.calibration.block_cost(parse_block(key), value, self.batch)
 
     def missing(self, keys: list[str]) -> list[str]:
         """Canonical keys of ``keys`` that have no entry (``Zero`` excluded, duplicates removed, order kept)."""
@@ -1949,7 +2293,7 @@ class TableFile:
         """Store an entry (the fields of :data:`LATENCY_FIELDS`, or ``value``); returns the canonical key."""
         canonical = _canonical(key, lambda msg: FaceNASError(f"{key!r}: {msg}"))
         if self.metric == "latency":
-            entry = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
+            entry = _latency_entry(stats)
         else:
             entry = {"value": float(stats["value"])}
         problem = _entry_problem(entry, self.metric)
@@ -1967,17 +2311,18 @@ class TableFile:
         return len(entry.get("rounds", [])) or 1
 
     def add_round(self, key: str, stats: dict[str, Any]) -> str:
-        """Add one measurement round of ``key``; the entry shows the round with the median mean (lower median).
+        """Add one measurement round of ``key``; the entry shows the round with the median estimate (lower median).
 
         Returns the canonical key.
         """
         canonical = _canonical(key, lambda msg: FaceNASError(f"{key!r}: {msg}"))
         old = self.entries.get(canonical)
         rounds = [] if old is None else [dict(r) for r in old.get("rounds", [{f: old[f] for f in LATENCY_FIELDS}])]
-        rounds.append({f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS})
+        rounds.append(_latency_entry(stats))
         if len(rounds) == 1:
             return self.add(canonical, rounds[0])
-        chosen = sorted(rounds, key=lambda r: r["mean_ms"])[(len(rounds) - 1) // 2]
+        field = ESTIMATORS[self.estimator]
+        chosen = sorted(rounds, key=lambda r: r[field])[(len(rounds) - 1) // 2]
         self.add(canonical, chosen)
         self.entries[canonical]["rounds"] = rounds
         return canonical
@@ -1991,20 +2336,28 @@ class TableFile:
         """Store a whole network measured end to end (``stats`` from ``measure_interleaved``)."""
         record = {"arch": arch, "role": role, "measured_ms": float(stats["measured_ms"]),
                   "rounds_ms": [float(v) for v in stats["rounds_ms"]], "spread": float(stats["spread"]),
-                  "date": now_iso()}
+                  "date": now_iso(), **({"load": stats["load"]} if stats.get("load") is not None else {})}
         problem = _network_problem(record)
         if problem:
             raise ValueError(f"network {name}: {problem}")
         self.networks[name] = record
 
-    def set_calibration(self, scale: float, offset_ms: float = 0.0, **info: Any) -> None:
-        """Store a calibration (scale, optional per-network offset, how it was fitted) in the metadata.
+    def set_calibration(self, calibration: Calibration | float, offset_ms: float = 0.0, **info: Any) -> None:
+        """Store a calibration in the metadata (call :meth:`save` to keep it).
 
-        Predicted backbone latency = ``scale`` x sum of entries + ``offset_ms``. Call :meth:`save` to keep it.
+        Args:
+            calibration: a fitted :class:`~latency.calibration.Calibration`, or a scale (then ``offset_ms`` is the
+                per-network constant: predicted = scale x sum of entries + offset).
+            offset_ms: with a scale only.
+            **info: how it was fitted (stored with it).
         """
-        if not (scale > 0 and math.isfinite(scale)) or not math.isfinite(offset_ms):
-            raise FaceNASError(f"calibration scale must be a positive number, not {scale} (offset {offset_ms})")
-        self.meta["calibration"] = {"scale": float(scale), "offset_ms": float(offset_ms), **info, "date": now_iso()}
+        if not isinstance(calibration, Calibration):
+            scale = float(calibration)
+            if not (scale > 0 and math.isfinite(scale)) or not math.isfinite(offset_ms):
+                raise FaceNASError(f"calibration scale must be a positive number, not {scale} (offset {offset_ms})")
+            calibration = Calibration({"time": scale, "network": float(offset_ms)}, "scale+offset")
+        calibration.info.update(info)
+        self.meta["calibration"] = {**calibration.to_meta(), "date": now_iso()}
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"format": TABLE_FORMAT, "meta": self.meta, "entries": self.entries}
@@ -2025,6 +2378,14 @@ class TableFile:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _latency_entry(stats: dict[str, Any]) -> dict[str, Any]:
+    """An entry's fields from a measurement, with the machine's load average when it was taken (evidence of noise)."""
+    entry: dict[str, Any] = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
+    if stats.get("load") is not None:
+        entry["load"] = stats["load"]
+    return entry
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -2167,6 +2528,9 @@ TRIM = 0.1
 #: Default batch per device type (thesis 3.6.3: GPU tables at batch 8, CPU tables at batch 1).
 DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: The statistic of the timed samples new tables use (``latency.table_format.ESTIMATORS``); see docs/LATENCY.md for
+#: the test-retest study behind the choice.
+DEFAULT_ESTIMATOR = "trimmed_mean"
 
 
 def device_type(device: str | torch.device) -> str:
@@ -2248,7 +2612,7 @@ def _sync(dev: torch.device) -> None:
 def measure_module(module: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", warmup: int | None = None,
                    samples: int | None = None, threads: int | None = None, *, dtype: str = "float32",
                    channels_last: bool = False, max_first5_ms: float | None = None,
-                   trim: float = TRIM) -> dict[str, Any]:
+                   trim: float = TRIM, keep_samples: bool = False) -> dict[str, Any]:
     """Time ``module`` on a ``torch.randn(input_shape)`` input with the FaceNAS protocol (module docstring).
 
     The module is measured as given (fold BatchNorm first with :func:`deploy_block` or ``deploy_form``); it is moved
@@ -2267,9 +2631,11 @@ def measure_module(module: nn.Module, input_shape: tuple[int, ...], device: str 
         max_first5_ms: stop after five samples when their mean exceeds this (the profiler's threshold filter);
             the result then has ``aborted=True`` and ``n=5``.
         trim: share dropped at each end for ``mean_ms``.
+        keep_samples: also return every timed sample (``samples_ms``, for measurement studies).
 
     Returns:
-        ``{"mean_ms", "median_ms", "p10_ms", "p90_ms", "n", "first5_ms", "threads", "aborted"}``.
+        ``{"mean_ms", "median_ms", "p10_ms", "p90_ms", "n", "first5_ms", "threads", "aborted", "load"}`` (``load``:
+        the 1-minute load average when the samples were taken).
     """
     dev = check_device(device)
     defaults = protocol_defaults(dev)
@@ -2320,6 +2686,9 @@ def measure_module(module: nn.Module, input_shape: tuple[int, ...], device: str 
         stats["first5_ms"] = sum(first) / len(first)
         stats["threads"] = torch.get_num_threads()
         stats["aborted"] = aborted
+        stats["load"] = load_average()
+        if keep_samples:
+            stats["samples_ms"] = times
         return stats
     finally:
         if gc_enabled:
@@ -2384,7 +2753,8 @@ def deploy_backbone(arch: Arch, channels_last: bool = False) -> nn.Module:
 
 
 def measure_interleaved(modules: dict[str, nn.Module], input_shape: tuple[int, ...], repeats: int = 3,
-                        seed: int = 0, on_step: Any = None, **protocol: Any) -> dict[str, dict[str, Any]]:
+                        seed: int = 0, on_step: Any = None, estimator: str = "trimmed_mean",
+                        **protocol: Any) -> dict[str, dict[str, Any]]:
     """Time several networks in ``repeats`` rounds, each round over all of them in a fresh random order.
 
     Slow drifts of the machine (heat, other work) then hit every network alike instead of whichever ran last.
@@ -2395,26 +2765,32 @@ def measure_interleaved(modules: dict[str, nn.Module], input_shape: tuple[int, .
         repeats: rounds.
         seed: seed of the round orders.
         on_step: called with no argument after each measurement (progress display).
+        estimator: the statistic of each round's samples (``latency.table_format.ESTIMATORS``), as the table's.
         **protocol: passed to :func:`measure_module` (device, warmup, samples, threads, dtype, channels_last, trim).
 
     Returns:
-        name -> ``{"rounds_ms": [protocol mean per round], "measured_ms": median of the rounds, "spread":
-        (max - min) / median in %}``.
+        name -> ``{"rounds_ms": [estimate per round], "measured_ms": median of the rounds, "spread":
+        (max - min) / median in %, "load": mean load average during its rounds}``.
     """
     rounds: dict[str, list[float]] = {name: [] for name in modules}
+    loads: dict[str, list[float | None]] = {name: [] for name in modules}
     rng = random.Random(seed)
     for _ in range(repeats):
         order = list(modules)
         rng.shuffle(order)
         for name in order:
-            rounds[name].append(measure_module(modules[name], input_shape, **protocol)["mean_ms"])
+            stats = measure_module(modules[name], input_shape, **protocol)
+            rounds[name].append(stats[ESTIMATORS[estimator]])
+            loads[name].append(stats["load"])
             if on_step is not None:
                 on_step()
     out = {}
     for name, values in rounds.items():
         middle = statistics.median(values)
+        seen = [load for load in loads[name] if load is not None]
         out[name] = {"rounds_ms": [round(v, 6) for v in values], "measured_ms": round(middle, 6),
-                     "spread": round((max(values) - min(values)) / middle * 100.0, 3)}
+                     "spread": round((max(values) - min(values)) / middle * 100.0, 3),
+                     "load": round(sum(seen) / len(seen), 2) if seen else None}
     return out
 
 
@@ -2434,7 +2810,8 @@ def measure_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, 
                            "one: give --resolution")
     side = int(meta["resolution"])
     return measure_interleaved(
-        modules, (int(meta["batch"]), 3, side, side), repeats, seed, on_step, device=meta["device"],
+        modules, (int(meta["batch"]), 3, side, side), repeats, seed, on_step,
+        estimator=protocol.get("estimator", "trimmed_mean"), device=meta["device"],
         warmup=protocol["warmup"], samples=protocol["samples"], threads=meta.get("threads"), dtype=meta["dtype"],
         channels_last=channels_last, trim=protocol["trim"])
 
@@ -2509,7 +2886,8 @@ def device_info(device: str = "cpu", threads: int | None = None) -> dict[str, An
 
 def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int | None = None,
                  threads: int | None = None, warmup: int | None = None, samples: int | None = None,
-                 dtype: str = "float32", channels_last: bool = False, **extra: Any) -> dict[str, Any]:
+                 dtype: str = "float32", channels_last: bool = False, estimator: str = DEFAULT_ESTIMATOR,
+                 **extra: Any) -> dict[str, Any]:
     """Metadata of a latency table measured on this machine with the FaceNAS protocol (defaults per device type).
 
     ``extra`` fields (preset, spaces, notes...) are added as they are.
@@ -2518,6 +2896,7 @@ def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int 
     protocol: dict[str, Any] = protocol_defaults(kind)
     protocol.update({k: int(v) for k, v in (("warmup", warmup), ("samples", samples)) if v is not None})
     protocol["trim"] = TRIM
+    protocol["estimator"] = estimator
     protocol["timer"] = "time.perf_counter" + (" between torch.cuda.synchronize() calls" if kind == "cuda" else "")
     meta: dict[str, Any] = {"metric": "latency", "unit": "ms", **device_info(kind, threads)}
     meta.update({
@@ -2533,6 +2912,162 @@ def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int 
     meta.update(extra)
     return meta
 # -------------------------------------------------- end latency/measure.py
+
+
+# -------------------------------------------------- begin latency/predict.py
+"""The latency predictor: a backbone's cost from a block table (SPEC section 7, thesis 3.6).
+
+A network's predicted latency is the table's calibration applied to the entries of every block it runs, fixed parts
+included, each keyed with its input tensor at the table's resolution. :func:`edge_costs` gives every candidate of
+every MixedEdge of a space its cost: every non-first edge of a stage keeps its tensor shape, so a network's cost is
+exactly the fixed part plus one entry per edge (:class:`EdgeCosts`). Analytic tables (FLOPs, parameters,
+activations; :mod:`latency.analytic`) work the same way, never calibrated. Standard library only (plus project
+files): ``profile_latency.py`` embeds it.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+
+def arch_keys(arch: Arch, input_size: int | tuple[int, int]) -> list[tuple[str, str]]:
+    """``(where, key)`` of every block of ``arch`` in forward order at ``input_size`` (repeats kept)."""
+    return [(block.where, block.key) for block in arch.resolve(input_size)]
+
+
+def predict_latency(arch: Arch, table: Any, calibrated: bool = True, measure_missing: bool = False) -> float:
+    """Predicted backbone cost of ``arch``: the table's calibration applied to the sum of its block entries.
+
+    Args:
+        arch: the architecture (blocks are placed at the table's resolution).
+        table: a :class:`~latency.table_format.TableFile`: latency (ms) or analytic (millions of FLOPs / params /
+            acts).
+        calibrated: apply the table's calibration (latency tables only; the plain sum when it has none).
+        measure_missing: internal mode (thesis 3.6.1): measure missing blocks on this machine first and save them
+            into the table (needs a :class:`~latency.internal_mode.LatencyTable` measured on this machine).
+
+    Raises:
+        FaceNASError: a block has no entry (and ``measure_missing`` is off).
+    """
+    if measure_missing:
+        if not hasattr(table, "measure_missing"):
+            raise FaceNASError("internal mode needs a LatencyTable (load the table with LatencyTable.load)")
+        table.measure_missing([key for _, key in arch_keys(arch, table.input_size)], progress=False)
+    keys = [key for _, key in arch_keys(arch, table.input_size)]
+    if not calibrated:
+        return sum(table.value(key) for key in keys)
+    return sum(table.latency(key) for key in keys) + table.offset_ms
+
+
+@dataclass
+class EdgeCosts:
+    """Per-candidate costs of every MixedEdge of a space and of its fixed part, in the table's unit.
+
+    Attributes:
+        fixed: cost of the parts every network of the space runs (first conv, pre-stage, MaxPool, last conv) plus
+            the calibration's per-network offset.
+        edges: one list of candidate costs per edge, in the space's candidate order (``Zero`` costs 0).
+        unit: the table's unit (``ms`` for latency).
+        keys: the table key of every candidate (``None`` for Zero), parallel to ``edges``.
+    """
+
+    fixed: float
+    edges: list[list[float]]
+    unit: str = "ms"
+    keys: list[list[str | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # accept tensors or any sequence of numbers: the search hands lists of floats around
+        self.edges = [[float(v) for v in costs] for costs in self.edges]
+
+    @property
+    def smallest(self) -> float:
+        """Cost of the cheapest network of the space (Zero where allowed)."""
+        return self.fixed + sum(min(c) for c in self.edges)
+
+    @property
+    def largest(self) -> float:
+        """Cost of the most expensive network of the space."""
+        return self.fixed + sum(max(c) for c in self.edges)
+
+    def of_paths(self, choices: list[int]) -> float:
+        """Cost of the network that takes candidate ``choices[i]`` on edge i."""
+        return self.fixed + sum(c[k] for c, k in zip(self.edges, choices))
+
+
+def edge_costs(space: SearchSpace, table: Any, measure_missing: bool = False) -> EdgeCosts:
+    """Look every key of ``space`` up in ``table`` (measuring missing ones first when ``measure_missing``).
+
+    The calibration is applied per entry and its per-network offset goes to the fixed part, so
+    :meth:`EdgeCosts.of_paths` equals :func:`predict_latency` of the same network.
+    """
+    fixed_keys, edge_keys = space.keys(table.input_size)
+    if measure_missing:
+        wanted = fixed_keys + [k for keys in edge_keys for k in keys if k is not None]
+        missing = table.missing(list(dict.fromkeys(wanted)))
+        if missing:
+            table.measure_missing(missing)
+    fixed = sum(table.latency(k) for k in fixed_keys) + table.offset_ms
+    costs = [[0.0 if k is None else table.latency(k) for k in keys] for keys in edge_keys]
+    return EdgeCosts(fixed, costs, table.unit, edge_keys)
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def arch_features(arch: Arch, table: Any) -> dict[str, float]:
+    """The calibration features of a whole network from the table's plain entries (:mod:`latency.calibration`)."""
+    blocks = [(block.spec, table.value(block.key)) for block in arch.resolve(table.input_size)]
+    return network_features(blocks, table.batch)
+
+
+def fit_table_calibration(table: Any, fit: list[tuple[Arch, float]],
+                          validate: list[tuple[Arch, float]] = ()) -> dict[str, Any]:
+    """Choose and fit the table's calibration on ``fit`` networks ``(arch, measured ms)``, score it on ``validate``
+    (never used to fit or choose), store it in ``table.meta`` (call ``table.save()``) and return a summary.
+
+    Raises:
+        FaceNASError: too few networks, or blocks missing from the table.
+    """
+    if len(fit) < 3:
+        raise FaceNASError(f"{table.path}: a calibration needs at least 3 measured fitting networks, not {len(fit)}")
+    table.meta["calibration"] = None  # fit on the plain entries
+    features = [arch_features(arch, table) for arch, _ in fit]
+    calibration, _ = select_model(features, [ms for _, ms in fit])
+    plain = accuracy([predict_latency(a, table, calibrated=False) for a, _ in fit], [ms for _, ms in fit])
+    info: dict[str, Any] = {"n_fit": len(fit), "n_validate": len(validate), "fit_plain": plain,
+                            "estimator": getattr(table, "estimator", "")}
+    table.set_calibration(calibration, **info)
+    if validate:
+        measured = [ms for _, ms in validate]
+        table.meta["calibration"]["validation"] = accuracy([predict_latency(a, table) for a, _ in validate], measured)
+        table.meta["calibration"]["validation_plain"] = accuracy(
+            [predict_latency(a, table, calibrated=False) for a, _ in validate], measured)
+    return table.meta["calibration"]
+
+
+def calibrate_from_networks(table: Any) -> dict[str, Any] | None:
+    """:func:`fit_table_calibration` on the whole networks stored in the table (its ``fit`` and ``validate``
+    roles); ``None`` (and the table unchanged) when fewer than 3 fitting networks are stored."""
+    def measured(role: str) -> list[tuple[Arch, float]]:
+        return [(Arch.from_dict(r["arch"], f"{table.path}: network {name}"), r["measured_ms"])
+                for name, r in table.networks.items() if r["role"] == role]
+
+    fit = measured("fit")
+    return fit_table_calibration(table, fit, measured("validate")) if len(fit) >= 3 else None
+
+
+def describe_calibration(calibration: dict[str, Any] | None) -> str:
+    """One line saying what a stored calibration is and how good it was, for logs and warnings."""
+    if not calibration:
+        return "no calibration (plain sums of block entries)"
+    coef = calibration.get("coef") or {"time": calibration["scale"], "network": calibration.get("offset_ms", 0.0)}
+    terms = ", ".join(f"{name} {value:.4g}" for name, value in coef.items())
+    text = f"calibration {calibration.get('model', 'scale+offset')} ({terms})"
+    for label, key in (("fit", "fit"), ("held-out", "validation")):
+        acc = calibration.get(key)
+        if isinstance(acc, dict) and acc.get("n"):
+            text += (f"; {label}: {acc['n']} networks, MAPE {acc['mape']:.1f}%, {acc['within10']:.0f}% within 10%")
+    return text
+# -------------------------------------------------- end latency/predict.py
 
 
 # -------------------------------------------------- begin latency/random_archs.py
@@ -2612,16 +3147,17 @@ What to measure (combined):
   --names KEY ... / --names-file FILE   exactly these keys (block names with their _CxHxW input)
 Use --list-names to print the keys without measuring.
 
-Whole networks (to check and calibrate the predictor for this device with tools/latency_report.py --from-table):
-  --random-archs 30 --fit-archs 30    random backbones of the selected spaces, measured end to end after the blocks
-  --arch net.json ...                 architecture files, measured end to end
+Calibration, by default: after the blocks, 24 random whole networks of the selected spaces are measured end to end
+on the device and the table's calibration (a small linear model of what the plain block sum misses; see
+latency/calibration.py) is fitted on them, then scored on 8 others it never saw; both errors are stored in the
+table (meta.calibration) and printed. --fit-archs / --random-archs change the counts, --no-calibration skips it.
 
 Examples:
   python profile_latency.py --preset rpi4 --out rpi4.json --rest 30
   python profile_latency.py --preset dgx --out dgx_v100.json
   python profile_latency.py --families KK DK --channels 24,32 64 128 256 --resolution 640 --device cuda --batch 1
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
-  python profile_latency.py --preset rpi4 --out rpi4.json --random-archs 30 --fit-archs 30
+  python profile_latency.py --preset rpi4 --out rpi4.json --fit-archs 40 --random-archs 30 --arch net.json
 
 In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
 generated from it and the block code by tools/build_profiler.py.
@@ -2642,6 +3178,10 @@ import torch
 #: Stage blocks whose channel count changes by more than this factor are skipped (--max-channel-ratio). 8 is the
 #: largest jump of any thesis search space (TT3 128 -> 1024, T10/T12 32 -> 256), so presets are never cut.
 DEFAULT_MAX_CHANNEL_RATIO = 8.0
+#: Default numbers of calibration networks: fitting and held-out validation (see --fit-archs for the cost).
+DEFAULT_FIT_NETWORKS, DEFAULT_VALIDATION_NETWORKS = 24, 8
+#: Seeds of those draws; tools/latency_report.py reports on seed 0 by default, which neither ever sees.
+FIT_SEED, VALIDATION_SEED = 1000, 500
 #: Measurement order of block families; the rest period falls between two of them.
 FAMILY_ORDER = ("Conv", "MaxPool", "MBV1", "MBV2", "BL", "KK", "KK_Mid", "DK")
 
@@ -2742,15 +3282,28 @@ def build_parser() -> argparse.ArgumentParser:
                               f"(default: {DEFAULT_MAX_CHANNEL_RATIO:g}, the largest jump in the thesis spaces)")
 
     nets = parser.add_argument_group(
-        "whole networks, measured end to end after the blocks and stored under 'networks' in the table")
+        "calibration: whole networks measured end to end after the blocks (stored under 'networks' in the table) "
+        "and the table's calibration fitted on them; on by default")
+    nets.add_argument("--fit-archs", type=int, default=None, metavar="N",
+                      help="random networks of the selected spaces to fit the calibration on: a block table alone "
+                           "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
+                           "--repeats x (warm-up + samples) calls per network, about 2 s per network and round for "
+                           "the rpi4 preset on a 2-core x86 (so the whole rpi4 profile takes about 4 minutes there) "
+                           f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
+                           "are selected, 0 for --names only)")
+    nets.add_argument("--random-archs", type=int, default=None, metavar="N",
+                      help="other random networks, never fitted on, that measure the calibration's error (stored in "
+                           f"meta.calibration.validation) (default: {DEFAULT_VALIDATION_NETWORKS} when spaces are "
+                           "selected, 0 for --names only)")
+    nets.add_argument("--no-calibration", action="store_true",
+                      help="measure no random networks and fit no calibration: the table then predicts plain sums "
+                           "of its blocks and search.py warns about it (default: calibrate)")
     nets.add_argument("--arch", nargs="+", default=[], metavar="FILE",
-                      help="architecture JSON files (their blocks are measured too)")
-    nets.add_argument("--random-archs", type=int, default=0, metavar="N",
-                      help="N random architectures of the selected spaces, reported as validation (default: 0)")
-    nets.add_argument("--fit-archs", type=int, default=0, metavar="N",
-                      help="N other random architectures to fit the calibration on (default: 0)")
-    nets.add_argument("--seed", type=int, default=0, help="seed of --random-archs (default: 0)")
-    nets.add_argument("--fit-seed", type=int, default=1000, help="seed of --fit-archs (default: 1000)")
+                      help="architecture JSON files, measured end to end for later reports (their blocks are "
+                           "measured too; never fitted on)")
+    nets.add_argument("--seed", type=int, default=VALIDATION_SEED,
+                      help=f"seed of --random-archs (default: {VALIDATION_SEED})")
+    nets.add_argument("--fit-seed", type=int, default=FIT_SEED, help=f"seed of --fit-archs (default: {FIT_SEED})")
     nets.add_argument("--repeats", type=int, default=3,
                       help="interleaved rounds per network; the median is kept (default: 3)")
 
@@ -2892,6 +3445,11 @@ def collect(args: argparse.Namespace) -> tuple[list[str], list[SearchSpace], int
 def collect_networks(args: argparse.Namespace, spaces: list[SearchSpace]) -> list[tuple[Arch, str]]:
     """Whole networks to measure: (architecture, role) for --arch, --random-archs and --fit-archs."""
     nets = [(Arch.load(path), "validate") for path in args.arch]
+    if args.no_calibration:
+        args.random_archs = args.fit_archs = 0
+    for name, default in (("fit_archs", DEFAULT_FIT_NETWORKS), ("random_archs", DEFAULT_VALIDATION_NETWORKS)):
+        if getattr(args, name) is None:
+            setattr(args, name, default if spaces else 0)
     if (args.random_archs or args.fit_archs) and not spaces:
         raise FaceNASError("--random-archs/--fit-archs draw from the selected spaces: add --preset, --space or "
                            "--families")
@@ -2998,11 +3556,23 @@ def main(argv: list[str] | None = None) -> None:
         counts = profile(table, keys, filtered, args, log)
         if networks:
             counts["networks"] = profile_networks(table, networks, args, log)
+        summary = calibrate(table, log) if not args.no_calibration else "no calibration (--no-calibration)"
     finally:
         log.close()
     print(f"{out}: measured {counts['measured']}, already present {counts['present']}, skipped {counts['skipped']} "
           f"(see {log.path}); {len(table)} entries, {counts['seconds']:.0f} s"
-          + (f"; {counts['networks']} networks measured end to end" if networks else ""), file=sys.stderr)
+          + (f"; {counts['networks']} networks measured end to end" if networks else "") + f"; {summary}",
+          file=sys.stderr)
+
+
+def calibrate(table: TableFile, log: RunLog) -> str:
+    """Fit the table's calibration on its measured 'fit' networks (scored on the 'validate' ones) and save it."""
+    if calibrate_from_networks(table) is None:
+        return "no calibration (fewer than 3 fitting networks measured)"
+    table.save()
+    text = describe_calibration(table.meta["calibration"])
+    log(text)
+    return text
 
 
 def _busy_warning(device: str, threads: int) -> str | None:

@@ -21,6 +21,8 @@ from utils.errors import FaceNASError, run_cli
 
 CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epochs": 5, "arch_lr": 0.2,
              "lr": 0.01, "max_steps_per_epoch": None}
+#: Networks measured to calibrate a table that internal mode creates: (fitting, held-out), as profile_latency.py.
+CALIBRATION_NETWORKS = (24, 8)
 THESIS = {"img_size": 640, "warmup_epochs": 40, "search_epochs": 120, "arch_lr": 1e-3, "lr": 1e-3}
 
 
@@ -40,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="formula 12 weight of the probability-weighted latency; 1.0 gives formula 11 (default: 0.5)")
     g.add_argument("--loss-form", choices=["abs", "proxyless", "hinge"], default="abs",
                    help="latency loss: abs = formula 10, proxyless = formula 8, hinge = formula 9 (default: abs)")
+    g.add_argument("--derive", choices=["budget", "argmax"], default="budget",
+                   help="how the final network is chosen: budget = the most probable network whose predicted "
+                        "latency is within --tolerance of the target (an exact knapsack over the edges); argmax = "
+                        "the most probable candidate of every edge, whatever it costs (ProxylessNAS). arch.json "
+                        "records both (default: budget)")
+    g.add_argument("--tolerance", type=float, default=0.02,
+                   help="relative half-width of the budget window, 0.02 = +-2%% of the target (default: 0.02)")
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=None,
                    help="experiment (R5, R11, TT3, J15, ...), preset (rpi4, dgx, jetson) or a space .json file "
@@ -85,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on with CUDA)")
     g.add_argument("--workers", type=int, default=None, help="data loader workers (default: 2 on CPU, 4 on GPU)")
+    g.add_argument("--calibration-networks", type=int, nargs=2, default=list(CALIBRATION_NETWORKS),
+                   metavar=("FIT", "HELD_OUT"),
+                   help="when the table is created here: whole networks of the space measured end to end to fit "
+                        "the table's calibration, and others to score it; each costs about 2 s per round on a "
+                        "2-core x86 at 320 px, 3 rounds (default: "
+                        f"{CALIBRATION_NETWORKS[0]} {CALIBRATION_NETWORKS[1]})")
+    g.add_argument("--no-calibration", action="store_true",
+                   help="when the table is created here, measure its blocks only and fit no calibration (default: "
+                        "calibrate, see --calibration-networks)")
     g.add_argument("--table-device", choices=["cpu", "cuda"], default=None,
                    help="device a NEW table is measured on (default: the preset's: cuda for dgx/jetson when "
                         "available, else cpu)")
@@ -131,6 +149,12 @@ def _check_options(args: argparse.Namespace) -> None:
                            "table's unit (ms for a latency table)")
     if args.save_every < 0:
         raise FaceNASError(f"--save-every must be 0 or more, got {args.save_every}")
+    if not 0 <= args.tolerance < 1:
+        raise FaceNASError(f"--tolerance must be in [0, 1), got {args.tolerance:g}")
+    fit, held_out = args.calibration_networks
+    if fit < 0 or held_out < 0 or 0 < fit < 3:
+        raise FaceNASError(f"--calibration-networks needs 0 or at least 3 fitting networks and >= 0 held out, got "
+                           f"{fit} {held_out}")
 
 
 def _space(args: argparse.Namespace, table_path: Path):
@@ -148,16 +172,18 @@ def _space(args: argparse.Namespace, table_path: Path):
 
 
 def _table_and_costs(args: argparse.Namespace, table_path: Path, space, dist, log):
-    """Load the table, or create it here when missing (internal mode); measure what the space needs; its costs."""
+    """Load the table, or create it here when missing (internal mode: blocks and calibration networks measured on
+    this machine); measure what the space needs; its costs."""
     import torch
 
     from engine.distributed import barrier
     from latency.internal_mode import LatencyTable
-    from latency.predict import edge_costs
+    from latency.predict import describe_calibration, edge_costs
     from models.search_space import PRESETS
 
     preset = PRESETS[space.preset]
-    if not table_path.exists():
+    created = not table_path.exists()
+    if created:
         device = args.table_device or ("cuda" if preset["gpu"] and torch.cuda.is_available() else "cpu")
         if dist.is_main:
             table = LatencyTable.create(table_path, device=device, batch=preset["latency_batch"],
@@ -169,9 +195,22 @@ def _table_and_costs(args: argparse.Namespace, table_path: Path, space, dist, lo
                      "on it and pass the file here.")
         barrier(dist)
     if dist.is_main:
-        edge_costs(space, LatencyTable.load(table_path), measure_missing=True)
+        table = LatencyTable.load(table_path)
+        edge_costs(space, table, measure_missing=True)
+        fit, held_out = args.calibration_networks
+        if created and table.metric == "latency" and not args.no_calibration and fit:
+            log.info(f"calibrating the new table: {fit} + {held_out} random networks of {space.name} measured end "
+                     "to end here (--no-calibration skips this)")
+            table.calibrate_here([space], fit, held_out, progress=not args.no_progress, log=log.info)
     barrier(dist)
     table = LatencyTable.load(table_path)
+    if dist.is_main and table.metric == "latency" and table.calibration is None:
+        log.warning(f"{table_path} has no calibration: predicted latencies are plain sums of block entries, which "
+                    "under-predict whole networks (by about 15% on a 2-core x86 CPU), so the derived network will "
+                    "run slower than the target. Profile the device with profile_latency.py (calibrated by "
+                    "default), or refit with tools/latency_report.py --fit-calibration.")
+    elif dist.is_main and table.metric == "latency":
+        log.info(f"{table_path}: {describe_calibration(table.meta['calibration'])}")
     return table, edge_costs(space, table)
 
 
@@ -191,21 +230,29 @@ def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
         momentum=args.momentum, weight_decay=args.weight_decay, holdout_fraction=args.holdout_fraction,
         seed=args.seed, workers=args.workers if args.workers is not None else (4 if on_gpu else 2),
         amp=args.amp if args.amp is not None else on_gpu, device=str(dist.device), data_root=args.data_root,
-        out_dir=str(out_dir), progress=not args.no_progress, save_every=args.save_every, **chosen)
+        out_dir=str(out_dir), progress=not args.no_progress, save_every=args.save_every, derive=args.derive,
+        tolerance=args.tolerance, **chosen)
 
 
 def _print_result(log, result: dict, args: argparse.Namespace, table, table_path: Path, unit: str, out_dir: Path,
                   on_gpu: bool) -> None:
     arch = result["arch"]
     log.info("\n" + arch.describe())
-    gap = 100 * (result["predicted"] - args.target) / args.target
-    log.info(f"predicted backbone {table.meta.get('metric', 'latency')}: {result['predicted']:.3f} {unit} "
-             f"(target {args.target:g} {unit}, {gap:+.1f}%) on {table.meta.get('device_name')}")
+    metric = table.meta.get("metric", "latency")
+    for name, derived in (("budget", result["budget"]), ("argmax", result["argmax"])):
+        gap = 100 * (derived.predicted / args.target - 1)
+        mark = " <- written" if name == args.derive else ""
+        log.info(f"derive {name:<6}: predicted backbone {metric} {derived.predicted:.3f} {unit} ({gap:+.1f}% of the "
+                 f"target {args.target:g} {unit}), log-probability {derived.log_prob:.2f}{mark}")
+    differs = arch.meta["derive"]["differs_at"]
+    log.info(f"the two derives differ at {len(differs)} of {len(result['budget'].choices)} edges"
+             + (f" ({', '.join(differs)})" if differs else "") + f"; predictions for {table.meta.get('device_name')}")
+    if result["budget"].message:
+        log.warning(f"budget derive: {result['budget'].message}")
     confidence = arch.meta["confidence"]
-    if abs(gap) > 5 and confidence < 0.8:
-        log.info(f"the probabilities have not settled (mean largest probability {confidence:.2f}): the argmax "
-                 "network can then differ from the expected latency the loss steered; more search epochs "
-                 f"(--resume --search-epochs N) bring them together")
+    if confidence < 0.5:
+        log.info(f"the probabilities have not settled (mean largest probability {confidence:.2f}): more search "
+                 f"epochs (--resume --search-epochs N) make the derived network a surer choice")
     log.info(f"wrote {out_dir / 'arch.json'}; next: python train.py --model {out_dir / 'arch.json'}")
     if not on_gpu:
         log.info("scale up: with WIDER FACE and GPUs run e.g. `torchrun --nproc_per_node 8 search.py "

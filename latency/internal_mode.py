@@ -7,7 +7,9 @@
   (or a crash) keeps them. It refuses when the table was measured on another machine: mixing devices in one table
   would silently corrupt the search's latency estimates.
 * ``LatencyTable.create(path, device="cpu", batch=1, resolution=320)`` fills in this machine's facts (CPU model or GPU
-  name, threads, torch version) and the default protocol, so a search can start from an empty table.
+  name, threads, torch version) and the default protocol, so a search can start from an empty table;
+* ``table.calibrate_here(spaces)`` measures random whole networks of the spaces here and fits the table's
+  calibration on them, as ``profile_latency.py`` does on a device.
 
 Analytic tables (FLOPs, parameters, activations; :mod:`latency.analytic`) load through the same class; their
 missing entries are computed instead of measured.
@@ -19,10 +21,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from latency.analytic import block_counts
-from latency.measure import device_info, machine_meta, measure_block
+from latency.measure import device_info, machine_meta, measure_block, measure_networks
+from latency.predict import calibrate_from_networks, describe_calibration
+from latency.random_archs import validation_and_fit_archs
 from latency.table_format import METRICS, TableFile
+from models.search_space import SearchSpace
 from utils.errors import FaceNASError
-from utils.progress import track
+from utils.progress import Progress, track
 
 __all__ = ["LatencyTable"]
 
@@ -99,7 +104,8 @@ class LatencyTable(TableFile):
             if self.metric == "latency":
                 stats = self._measure(key)
                 line = (f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
-                        f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} (internal mode)")
+                        f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} load={stats['load']} "
+                        "(internal mode)")
             else:
                 stats = {"value": block_counts(key, self.batch)[self.metric] / 1e6}
                 line = f"computed {key} {self.metric}={stats['value']:.6f} {METRICS[self.metric][1]}"
@@ -108,6 +114,36 @@ class LatencyTable(TableFile):
                 self.save()
             write(line)
         return missing
+
+    def calibrate_here(self, spaces: list[SearchSpace], fit: int = 24, validate: int = 8, repeats: int = 3,
+                       fit_seed: int = 1000, seed: int = 500, progress: bool = True,
+                       log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+        """Internal-mode calibration: measure ``fit`` + ``validate`` random networks of ``spaces`` end to end here
+        (their missing blocks first), store them in the table and fit its calibration on the ``fit`` ones, as
+        ``profile_latency.py`` does on a device. Networks already stored are not measured again.
+
+        Returns:
+            The stored calibration (``meta.calibration``), or ``None`` for an analytic table.
+        """
+        if self.metric != "latency":
+            return None
+        self.check_this_machine()
+        checked, fitting = validation_and_fit_archs(spaces, validate, seed, fit, fit_seed)
+        todo = [(a, "validate") for a in checked if a.name not in self.networks]
+        todo += [(a, "fit") for a in fitting if a.name not in self.networks]
+        self.measure_missing([b.key for arch, _ in todo for b in arch.resolve(self.input_size)], progress, log)
+        if todo:
+            with Progress(len(todo) * repeats, f"measuring {len(todo)} calibration networks", "run",
+                          enabled=progress) as bar:
+                results = measure_networks([a for a, _ in todo], self.meta, repeats, seed, lambda: bar.update(1))
+            for arch, role in todo:
+                self.add_network(arch.name, arch.to_dict(), results[arch.name], role)
+        calibration = calibrate_from_networks(self)
+        if self.path is not None:
+            self.save()
+        if log is not None:
+            log(describe_calibration(calibration))
+        return calibration
 
     def _measure(self, key: str) -> dict[str, Any]:
         protocol = self.meta["protocol"]

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latency.table_format import ESTIMATORS
 from models.arch import Arch
 from models.backbone import FaceNASBackbone, deploy_form
 from models.blocks import build_block
@@ -55,6 +56,9 @@ TRIM = 0.1
 #: Default batch per device type (thesis 3.6.3: GPU tables at batch 8, CPU tables at batch 1).
 DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: The statistic of the timed samples new tables use (``latency.table_format.ESTIMATORS``); see docs/LATENCY.md for
+#: the test-retest study behind the choice.
+DEFAULT_ESTIMATOR = "trimmed_mean"
 
 
 def device_type(device: str | torch.device) -> str:
@@ -136,7 +140,7 @@ def _sync(dev: torch.device) -> None:
 def measure_module(module: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", warmup: int | None = None,
                    samples: int | None = None, threads: int | None = None, *, dtype: str = "float32",
                    channels_last: bool = False, max_first5_ms: float | None = None,
-                   trim: float = TRIM) -> dict[str, Any]:
+                   trim: float = TRIM, keep_samples: bool = False) -> dict[str, Any]:
     """Time ``module`` on a ``torch.randn(input_shape)`` input with the FaceNAS protocol (module docstring).
 
     The module is measured as given (fold BatchNorm first with :func:`deploy_block` or ``deploy_form``); it is moved
@@ -155,9 +159,11 @@ def measure_module(module: nn.Module, input_shape: tuple[int, ...], device: str 
         max_first5_ms: stop after five samples when their mean exceeds this (the profiler's threshold filter);
             the result then has ``aborted=True`` and ``n=5``.
         trim: share dropped at each end for ``mean_ms``.
+        keep_samples: also return every timed sample (``samples_ms``, for measurement studies).
 
     Returns:
-        ``{"mean_ms", "median_ms", "p10_ms", "p90_ms", "n", "first5_ms", "threads", "aborted"}``.
+        ``{"mean_ms", "median_ms", "p10_ms", "p90_ms", "n", "first5_ms", "threads", "aborted", "load"}`` (``load``:
+        the 1-minute load average when the samples were taken).
     """
     dev = check_device(device)
     defaults = protocol_defaults(dev)
@@ -208,6 +214,9 @@ def measure_module(module: nn.Module, input_shape: tuple[int, ...], device: str 
         stats["first5_ms"] = sum(first) / len(first)
         stats["threads"] = torch.get_num_threads()
         stats["aborted"] = aborted
+        stats["load"] = load_average()
+        if keep_samples:
+            stats["samples_ms"] = times
         return stats
     finally:
         if gc_enabled:
@@ -272,7 +281,8 @@ def deploy_backbone(arch: Arch, channels_last: bool = False) -> nn.Module:
 
 
 def measure_interleaved(modules: dict[str, nn.Module], input_shape: tuple[int, ...], repeats: int = 3,
-                        seed: int = 0, on_step: Any = None, **protocol: Any) -> dict[str, dict[str, Any]]:
+                        seed: int = 0, on_step: Any = None, estimator: str = "trimmed_mean",
+                        **protocol: Any) -> dict[str, dict[str, Any]]:
     """Time several networks in ``repeats`` rounds, each round over all of them in a fresh random order.
 
     Slow drifts of the machine (heat, other work) then hit every network alike instead of whichever ran last.
@@ -283,26 +293,32 @@ def measure_interleaved(modules: dict[str, nn.Module], input_shape: tuple[int, .
         repeats: rounds.
         seed: seed of the round orders.
         on_step: called with no argument after each measurement (progress display).
+        estimator: the statistic of each round's samples (``latency.table_format.ESTIMATORS``), as the table's.
         **protocol: passed to :func:`measure_module` (device, warmup, samples, threads, dtype, channels_last, trim).
 
     Returns:
-        name -> ``{"rounds_ms": [protocol mean per round], "measured_ms": median of the rounds, "spread":
-        (max - min) / median in %}``.
+        name -> ``{"rounds_ms": [estimate per round], "measured_ms": median of the rounds, "spread":
+        (max - min) / median in %, "load": mean load average during its rounds}``.
     """
     rounds: dict[str, list[float]] = {name: [] for name in modules}
+    loads: dict[str, list[float | None]] = {name: [] for name in modules}
     rng = random.Random(seed)
     for _ in range(repeats):
         order = list(modules)
         rng.shuffle(order)
         for name in order:
-            rounds[name].append(measure_module(modules[name], input_shape, **protocol)["mean_ms"])
+            stats = measure_module(modules[name], input_shape, **protocol)
+            rounds[name].append(stats[ESTIMATORS[estimator]])
+            loads[name].append(stats["load"])
             if on_step is not None:
                 on_step()
     out = {}
     for name, values in rounds.items():
         middle = statistics.median(values)
+        seen = [load for load in loads[name] if load is not None]
         out[name] = {"rounds_ms": [round(v, 6) for v in values], "measured_ms": round(middle, 6),
-                     "spread": round((max(values) - min(values)) / middle * 100.0, 3)}
+                     "spread": round((max(values) - min(values)) / middle * 100.0, 3),
+                     "load": round(sum(seen) / len(seen), 2) if seen else None}
     return out
 
 
@@ -322,7 +338,8 @@ def measure_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, 
                            "one: give --resolution")
     side = int(meta["resolution"])
     return measure_interleaved(
-        modules, (int(meta["batch"]), 3, side, side), repeats, seed, on_step, device=meta["device"],
+        modules, (int(meta["batch"]), 3, side, side), repeats, seed, on_step,
+        estimator=protocol.get("estimator", "trimmed_mean"), device=meta["device"],
         warmup=protocol["warmup"], samples=protocol["samples"], threads=meta.get("threads"), dtype=meta["dtype"],
         channels_last=channels_last, trim=protocol["trim"])
 
@@ -397,7 +414,8 @@ def device_info(device: str = "cpu", threads: int | None = None) -> dict[str, An
 
 def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int | None = None,
                  threads: int | None = None, warmup: int | None = None, samples: int | None = None,
-                 dtype: str = "float32", channels_last: bool = False, **extra: Any) -> dict[str, Any]:
+                 dtype: str = "float32", channels_last: bool = False, estimator: str = DEFAULT_ESTIMATOR,
+                 **extra: Any) -> dict[str, Any]:
     """Metadata of a latency table measured on this machine with the FaceNAS protocol (defaults per device type).
 
     ``extra`` fields (preset, spaces, notes...) are added as they are.
@@ -406,6 +424,7 @@ def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int 
     protocol: dict[str, Any] = protocol_defaults(kind)
     protocol.update({k: int(v) for k, v in (("warmup", warmup), ("samples", samples)) if v is not None})
     protocol["trim"] = TRIM
+    protocol["estimator"] = estimator
     protocol["timer"] = "time.perf_counter" + (" between torch.cuda.synchronize() calls" if kind == "cuda" else "")
     meta: dict[str, Any] = {"metric": "latency", "unit": "ms", **device_info(kind, threads)}
     meta.update({

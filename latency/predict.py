@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from latency.accuracy import accuracy
+from latency.calibration import network_features, select_model
 from models.arch import Arch
 from models.search_space import SearchSpace
 from utils.errors import FaceNASError
@@ -97,3 +99,60 @@ def edge_costs(space: SearchSpace, table: Any, measure_missing: bool = False) ->
     fixed = sum(table.latency(k) for k in fixed_keys) + table.offset_ms
     costs = [[0.0 if k is None else table.latency(k) for k in keys] for keys in edge_keys]
     return EdgeCosts(fixed, costs, table.unit, edge_keys)
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def arch_features(arch: Arch, table: Any) -> dict[str, float]:
+    """The calibration features of a whole network from the table's plain entries (:mod:`latency.calibration`)."""
+    blocks = [(block.spec, table.value(block.key)) for block in arch.resolve(table.input_size)]
+    return network_features(blocks, table.batch)
+
+
+def fit_table_calibration(table: Any, fit: list[tuple[Arch, float]],
+                          validate: list[tuple[Arch, float]] = ()) -> dict[str, Any]:
+    """Choose and fit the table's calibration on ``fit`` networks ``(arch, measured ms)``, score it on ``validate``
+    (never used to fit or choose), store it in ``table.meta`` (call ``table.save()``) and return a summary.
+
+    Raises:
+        FaceNASError: too few networks, or blocks missing from the table.
+    """
+    if len(fit) < 3:
+        raise FaceNASError(f"{table.path}: a calibration needs at least 3 measured fitting networks, not {len(fit)}")
+    table.meta["calibration"] = None  # fit on the plain entries
+    features = [arch_features(arch, table) for arch, _ in fit]
+    calibration, _ = select_model(features, [ms for _, ms in fit])
+    plain = accuracy([predict_latency(a, table, calibrated=False) for a, _ in fit], [ms for _, ms in fit])
+    info: dict[str, Any] = {"n_fit": len(fit), "n_validate": len(validate), "fit_plain": plain,
+                            "estimator": getattr(table, "estimator", "")}
+    table.set_calibration(calibration, **info)
+    if validate:
+        measured = [ms for _, ms in validate]
+        table.meta["calibration"]["validation"] = accuracy([predict_latency(a, table) for a, _ in validate], measured)
+        table.meta["calibration"]["validation_plain"] = accuracy(
+            [predict_latency(a, table, calibrated=False) for a, _ in validate], measured)
+    return table.meta["calibration"]
+
+
+def calibrate_from_networks(table: Any) -> dict[str, Any] | None:
+    """:func:`fit_table_calibration` on the whole networks stored in the table (its ``fit`` and ``validate``
+    roles); ``None`` (and the table unchanged) when fewer than 3 fitting networks are stored."""
+    def measured(role: str) -> list[tuple[Arch, float]]:
+        return [(Arch.from_dict(r["arch"], f"{table.path}: network {name}"), r["measured_ms"])
+                for name, r in table.networks.items() if r["role"] == role]
+
+    fit = measured("fit")
+    return fit_table_calibration(table, fit, measured("validate")) if len(fit) >= 3 else None
+
+
+def describe_calibration(calibration: dict[str, Any] | None) -> str:
+    """One line saying what a stored calibration is and how good it was, for logs and warnings."""
+    if not calibration:
+        return "no calibration (plain sums of block entries)"
+    coef = calibration.get("coef") or {"time": calibration["scale"], "network": calibration.get("offset_ms", 0.0)}
+    terms = ", ".join(f"{name} {value:.4g}" for name, value in coef.items())
+    text = f"calibration {calibration.get('model', 'scale+offset')} ({terms})"
+    for label, key in (("fit", "fit"), ("held-out", "validation")):
+        acc = calibration.get(key)
+        if isinstance(acc, dict) and acc.get("n"):
+            text += (f"; {label}: {acc['n']} networks, MAPE {acc['mape']:.1f}%, {acc['within10']:.0f}% within 10%")
+    return text

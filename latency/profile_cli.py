@@ -12,16 +12,17 @@ What to measure (combined):
   --names KEY ... / --names-file FILE   exactly these keys (block names with their _CxHxW input)
 Use --list-names to print the keys without measuring.
 
-Whole networks (to check and calibrate the predictor for this device with tools/latency_report.py --from-table):
-  --random-archs 30 --fit-archs 30    random backbones of the selected spaces, measured end to end after the blocks
-  --arch net.json ...                 architecture files, measured end to end
+Calibration, by default: after the blocks, 24 random whole networks of the selected spaces are measured end to end
+on the device and the table's calibration (a small linear model of what the plain block sum misses; see
+latency/calibration.py) is fitted on them, then scored on 8 others it never saw; both errors are stored in the
+table (meta.calibration) and printed. --fit-archs / --random-archs change the counts, --no-calibration skips it.
 
 Examples:
   python profile_latency.py --preset rpi4 --out rpi4.json --rest 30
   python profile_latency.py --preset dgx --out dgx_v100.json
   python profile_latency.py --families KK DK --channels 24,32 64 128 256 --resolution 640 --device cuda --batch 1
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
-  python profile_latency.py --preset rpi4 --out rpi4.json --random-archs 30 --fit-archs 30
+  python profile_latency.py --preset rpi4 --out rpi4.json --fit-archs 40 --random-archs 30 --arch net.json
 
 In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
 generated from it and the block code by tools/build_profiler.py.
@@ -48,6 +49,7 @@ from latency.measure import (
     measure_block,
     measure_networks,
 )
+from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
 from latency.table_format import RunLog, TableFile
 from models.arch import Arch
@@ -67,6 +69,10 @@ from utils.progress import Progress
 #: Stage blocks whose channel count changes by more than this factor are skipped (--max-channel-ratio). 8 is the
 #: largest jump of any thesis search space (TT3 128 -> 1024, T10/T12 32 -> 256), so presets are never cut.
 DEFAULT_MAX_CHANNEL_RATIO = 8.0
+#: Default numbers of calibration networks: fitting and held-out validation (see --fit-archs for the cost).
+DEFAULT_FIT_NETWORKS, DEFAULT_VALIDATION_NETWORKS = 24, 8
+#: Seeds of those draws; tools/latency_report.py reports on seed 0 by default, which neither ever sees.
+FIT_SEED, VALIDATION_SEED = 1000, 500
 #: Measurement order of block families; the rest period falls between two of them.
 FAMILY_ORDER = ("Conv", "MaxPool", "MBV1", "MBV2", "BL", "KK", "KK_Mid", "DK")
 
@@ -167,15 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
                               f"(default: {DEFAULT_MAX_CHANNEL_RATIO:g}, the largest jump in the thesis spaces)")
 
     nets = parser.add_argument_group(
-        "whole networks, measured end to end after the blocks and stored under 'networks' in the table")
+        "calibration: whole networks measured end to end after the blocks (stored under 'networks' in the table) "
+        "and the table's calibration fitted on them; on by default")
+    nets.add_argument("--fit-archs", type=int, default=None, metavar="N",
+                      help="random networks of the selected spaces to fit the calibration on: a block table alone "
+                           "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
+                           "--repeats x (warm-up + samples) calls per network, about 2 s per network and round for "
+                           "the rpi4 preset on a 2-core x86 (so the whole rpi4 profile takes about 4 minutes there) "
+                           f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
+                           "are selected, 0 for --names only)")
+    nets.add_argument("--random-archs", type=int, default=None, metavar="N",
+                      help="other random networks, never fitted on, that measure the calibration's error (stored in "
+                           f"meta.calibration.validation) (default: {DEFAULT_VALIDATION_NETWORKS} when spaces are "
+                           "selected, 0 for --names only)")
+    nets.add_argument("--no-calibration", action="store_true",
+                      help="measure no random networks and fit no calibration: the table then predicts plain sums "
+                           "of its blocks and search.py warns about it (default: calibrate)")
     nets.add_argument("--arch", nargs="+", default=[], metavar="FILE",
-                      help="architecture JSON files (their blocks are measured too)")
-    nets.add_argument("--random-archs", type=int, default=0, metavar="N",
-                      help="N random architectures of the selected spaces, reported as validation (default: 0)")
-    nets.add_argument("--fit-archs", type=int, default=0, metavar="N",
-                      help="N other random architectures to fit the calibration on (default: 0)")
-    nets.add_argument("--seed", type=int, default=0, help="seed of --random-archs (default: 0)")
-    nets.add_argument("--fit-seed", type=int, default=1000, help="seed of --fit-archs (default: 1000)")
+                      help="architecture JSON files, measured end to end for later reports (their blocks are "
+                           "measured too; never fitted on)")
+    nets.add_argument("--seed", type=int, default=VALIDATION_SEED,
+                      help=f"seed of --random-archs (default: {VALIDATION_SEED})")
+    nets.add_argument("--fit-seed", type=int, default=FIT_SEED, help=f"seed of --fit-archs (default: {FIT_SEED})")
     nets.add_argument("--repeats", type=int, default=3,
                       help="interleaved rounds per network; the median is kept (default: 3)")
 
@@ -317,6 +336,11 @@ def collect(args: argparse.Namespace) -> tuple[list[str], list[SearchSpace], int
 def collect_networks(args: argparse.Namespace, spaces: list[SearchSpace]) -> list[tuple[Arch, str]]:
     """Whole networks to measure: (architecture, role) for --arch, --random-archs and --fit-archs."""
     nets = [(Arch.load(path), "validate") for path in args.arch]
+    if args.no_calibration:
+        args.random_archs = args.fit_archs = 0
+    for name, default in (("fit_archs", DEFAULT_FIT_NETWORKS), ("random_archs", DEFAULT_VALIDATION_NETWORKS)):
+        if getattr(args, name) is None:
+            setattr(args, name, default if spaces else 0)
     if (args.random_archs or args.fit_archs) and not spaces:
         raise FaceNASError("--random-archs/--fit-archs draw from the selected spaces: add --preset, --space or "
                            "--families")
@@ -423,11 +447,23 @@ def main(argv: list[str] | None = None) -> None:
         counts = profile(table, keys, filtered, args, log)
         if networks:
             counts["networks"] = profile_networks(table, networks, args, log)
+        summary = calibrate(table, log) if not args.no_calibration else "no calibration (--no-calibration)"
     finally:
         log.close()
     print(f"{out}: measured {counts['measured']}, already present {counts['present']}, skipped {counts['skipped']} "
           f"(see {log.path}); {len(table)} entries, {counts['seconds']:.0f} s"
-          + (f"; {counts['networks']} networks measured end to end" if networks else ""), file=sys.stderr)
+          + (f"; {counts['networks']} networks measured end to end" if networks else "") + f"; {summary}",
+          file=sys.stderr)
+
+
+def calibrate(table: TableFile, log: RunLog) -> str:
+    """Fit the table's calibration on its measured 'fit' networks (scored on the 'validate' ones) and save it."""
+    if calibrate_from_networks(table) is None:
+        return "no calibration (fewer than 3 fitting networks measured)"
+    table.save()
+    text = describe_calibration(table.meta["calibration"])
+    log(text)
+    return text
 
 
 def _busy_warning(device: str, threads: int) -> str | None:

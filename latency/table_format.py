@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from latency.calibration import Calibration, coef_problem
 from models.naming import format_block, parse_block
 from utils.atomic import atomic_write_json
 from utils.errors import FaceNASError
@@ -45,6 +46,8 @@ TABLE_FORMAT = "facenas-latency-table/1"
 METRICS = {"latency": ("mean_ms", "ms"), "flops": ("value", "MFLOPs"), "params": ("value", "M params"),
            "acts": ("value", "M acts")}
 LATENCY_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "n")
+#: protocol.estimator -> the entry field a table's values are read from (the statistic of the timed samples).
+ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
                    "memory_format", "bn_folded")
@@ -224,15 +227,23 @@ class TableFile:
             trim = protocol.get("trim")
             if not _is_number(trim) or not 0 <= trim < 0.5:
                 raise fail("protocol", f"trim must be a number in [0, 0.5), not {trim!r}")
+        if metric == "latency" and meta["protocol"].get("estimator", "trimmed_mean") not in ESTIMATORS:
+            raise fail("protocol", f"estimator must be one of {', '.join(ESTIMATORS)}, not "
+                                   f"{meta['protocol'].get('estimator')!r}")
         calibration = meta.get("calibration")
         if calibration is not None:
-            scale = calibration.get("scale") if isinstance(calibration, dict) else None
-            offset = calibration.get("offset_ms", 0.0) if isinstance(calibration, dict) else None
-            if not _is_number(scale) or not math.isfinite(scale) or scale <= 0 or not _is_number(offset) \
-                    or not math.isfinite(offset):
-                raise fail("calibration", "must be null or an object whose 'scale' is a positive number (and "
-                                          "'offset_ms' a number); refit it with tools/latency_report.py "
-                                          "--fit-calibration")
+            if not isinstance(calibration, dict):
+                problem = "must be null or an object"
+            elif "coef" in calibration:
+                problem = coef_problem(calibration["coef"])
+            else:
+                scale, offset = calibration.get("scale"), calibration.get("offset_ms", 0.0)
+                problem = None if (_is_number(scale) and math.isfinite(scale) and scale > 0 and _is_number(offset)
+                                   and math.isfinite(offset)) else "'scale' must be a positive number (and " \
+                                                                   "'offset_ms' a number)"
+            if problem:
+                raise fail("calibration", f"{problem}; refit it with tools/latency_report.py --fit-calibration or "
+                                          "profile the device again")
 
     def check_identity(self, wanted: dict[str, Any]) -> None:
         """Raise when ``wanted`` disagrees with this table on an identity field (device, batch, resolution...)."""
@@ -273,24 +284,33 @@ class TableFile:
         return self.meta.get("device")
 
     @property
+    def calibration(self) -> Calibration | None:
+        """The table's calibration (``None`` when it has none or is not a latency table)."""
+        data = self.meta.get("calibration")
+        if self.metric != "latency" or not data:
+            return None
+        if getattr(self, "_calibration_source", None) is not data:  # parsed once per calibration object
+            self._calibration_source, self._calibration = data, Calibration.from_meta(data)
+        return self._calibration
+
+    @property
+    def estimator(self) -> str:
+        """The statistic of the timed samples this table's values use (``protocol.estimator``)."""
+        return self.meta.get("protocol", {}).get("estimator", "trimmed_mean") if self.metric == "latency" else ""
+
+    @property
     def scale(self) -> float:
-        """The calibration scale (1.0 when the table has none or is not a latency table)."""
-        calibration = self.meta.get("calibration")
-        if self.metric != "latency" or not calibration:
-            return 1.0
-        return float(calibration["scale"])
+        """The calibration's multiplier of plain entries (1.0 when the table has none)."""
+        return 1.0 if self.calibration is None else self.calibration.scale
 
     @property
     def offset_ms(self) -> float:
-        """The calibration's per-network offset in ms (0.0 unless an affine calibration was fitted).
+        """The calibration's per-network constant in ms (0.0 when it has none).
 
         It belongs to the whole backbone, not to any block: :func:`latency.predict.predict_latency` adds it once, and a
         search adds it to the fixed parts of its expected latency.
         """
-        calibration = self.meta.get("calibration")
-        if self.metric != "latency" or not calibration:
-            return 0.0
-        return float(calibration.get("offset_ms", 0.0))
+        return 0.0 if self.calibration is None else self.calibration.offset
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -303,7 +323,7 @@ class TableFile:
 
     # ---------------------------------------------------------------------------------------------- lookups
     def value(self, key: str) -> float:
-        """The raw (uncalibrated) value of ``key``: ``mean_ms`` for latency, ``value`` for analytic metrics.
+        """The raw (uncalibrated) value of ``key``: the estimator's field for latency, ``value`` for analytic metrics.
 
         ``Zero`` blocks (the skipped layer of the search) cost 0 by definition.
 
@@ -323,12 +343,18 @@ class TableFile:
                    else "rebuild the table with python -m latency.analytic for this space")
             raise FaceNASError(f"{self.path}: no entry for {canonical}{why}; {how}, or use internal mode "
                                "(measure_missing) when the search runs on that device")
-        return float(entry[METRICS[self.metric][0]])
+        return float(entry[ESTIMATORS[self.estimator] if self.metric == "latency" else "value"])
 
     def latency(self, key: str, calibrated: bool = True) -> float:
-        """The table's value for ``key`` (ms for a latency table), times the calibration scale unless disabled."""
+        """The table's cost of block ``key`` (ms for a latency table), calibrated unless disabled.
+
+        With a calibration this is the block's share of a whole network's latency (:mod:`latency.calibration`); the
+        per-network constant (:attr:`offset_ms`) is added once per network by the predictor.
+        """
         value = self.value(key)
-        return value * self.scale if calibrated else value
+        if not calibrated or self.calibration is None:
+            return value
+        return self.calibration.block_cost(parse_block(key), value, self.batch)
 
     def missing(self, keys: list[str]) -> list[str]:
         """Canonical keys of ``keys`` that have no entry (``Zero`` excluded, duplicates removed, order kept)."""
@@ -344,7 +370,7 @@ class TableFile:
         """Store an entry (the fields of :data:`LATENCY_FIELDS`, or ``value``); returns the canonical key."""
         canonical = _canonical(key, lambda msg: FaceNASError(f"{key!r}: {msg}"))
         if self.metric == "latency":
-            entry = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
+            entry = _latency_entry(stats)
         else:
             entry = {"value": float(stats["value"])}
         problem = _entry_problem(entry, self.metric)
@@ -362,17 +388,18 @@ class TableFile:
         return len(entry.get("rounds", [])) or 1
 
     def add_round(self, key: str, stats: dict[str, Any]) -> str:
-        """Add one measurement round of ``key``; the entry shows the round with the median mean (lower median).
+        """Add one measurement round of ``key``; the entry shows the round with the median estimate (lower median).
 
         Returns the canonical key.
         """
         canonical = _canonical(key, lambda msg: FaceNASError(f"{key!r}: {msg}"))
         old = self.entries.get(canonical)
         rounds = [] if old is None else [dict(r) for r in old.get("rounds", [{f: old[f] for f in LATENCY_FIELDS}])]
-        rounds.append({f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS})
+        rounds.append(_latency_entry(stats))
         if len(rounds) == 1:
             return self.add(canonical, rounds[0])
-        chosen = sorted(rounds, key=lambda r: r["mean_ms"])[(len(rounds) - 1) // 2]
+        field = ESTIMATORS[self.estimator]
+        chosen = sorted(rounds, key=lambda r: r[field])[(len(rounds) - 1) // 2]
         self.add(canonical, chosen)
         self.entries[canonical]["rounds"] = rounds
         return canonical
@@ -386,20 +413,28 @@ class TableFile:
         """Store a whole network measured end to end (``stats`` from ``measure_interleaved``)."""
         record = {"arch": arch, "role": role, "measured_ms": float(stats["measured_ms"]),
                   "rounds_ms": [float(v) for v in stats["rounds_ms"]], "spread": float(stats["spread"]),
-                  "date": now_iso()}
+                  "date": now_iso(), **({"load": stats["load"]} if stats.get("load") is not None else {})}
         problem = _network_problem(record)
         if problem:
             raise ValueError(f"network {name}: {problem}")
         self.networks[name] = record
 
-    def set_calibration(self, scale: float, offset_ms: float = 0.0, **info: Any) -> None:
-        """Store a calibration (scale, optional per-network offset, how it was fitted) in the metadata.
+    def set_calibration(self, calibration: Calibration | float, offset_ms: float = 0.0, **info: Any) -> None:
+        """Store a calibration in the metadata (call :meth:`save` to keep it).
 
-        Predicted backbone latency = ``scale`` x sum of entries + ``offset_ms``. Call :meth:`save` to keep it.
+        Args:
+            calibration: a fitted :class:`~latency.calibration.Calibration`, or a scale (then ``offset_ms`` is the
+                per-network constant: predicted = scale x sum of entries + offset).
+            offset_ms: with a scale only.
+            **info: how it was fitted (stored with it).
         """
-        if not (scale > 0 and math.isfinite(scale)) or not math.isfinite(offset_ms):
-            raise FaceNASError(f"calibration scale must be a positive number, not {scale} (offset {offset_ms})")
-        self.meta["calibration"] = {"scale": float(scale), "offset_ms": float(offset_ms), **info, "date": now_iso()}
+        if not isinstance(calibration, Calibration):
+            scale = float(calibration)
+            if not (scale > 0 and math.isfinite(scale)) or not math.isfinite(offset_ms):
+                raise FaceNASError(f"calibration scale must be a positive number, not {scale} (offset {offset_ms})")
+            calibration = Calibration({"time": scale, "network": float(offset_ms)}, "scale+offset")
+        calibration.info.update(info)
+        self.meta["calibration"] = {**calibration.to_meta(), "date": now_iso()}
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"format": TABLE_FORMAT, "meta": self.meta, "entries": self.entries}
@@ -420,6 +455,14 @@ class TableFile:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _latency_entry(stats: dict[str, Any]) -> dict[str, Any]:
+    """An entry's fields from a measurement, with the machine's load average when it was taken (evidence of noise)."""
+    entry: dict[str, Any] = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
+    if stats.get("load") is not None:
+        entry["load"] = stats["load"]
+    return entry
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

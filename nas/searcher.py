@@ -30,6 +30,7 @@ from latency.predict import EdgeCosts
 from models.loss import MultiBoxLoss
 from models.retinaface import RetinaFace
 from models.search_space import SearchSpace
+from nas.derive import argmax_derive, budget_derive, differing_edges
 from nas.latency_loss import expected_latency, latency_loss
 from nas.supernet import SuperNet
 from utils.atomic import atomic_write_json
@@ -40,7 +41,7 @@ from utils.progress import Progress
 CHECKPOINT_FORMAT = "facenas-search/1"
 # settings a resumed search may change (the thesis resumes from warm-up to try other targets or lambdas)
 RESUMABLE_CHANGES = {"target", "lam", "p1", "loss_form", "arch_lr", "search_epochs", "two_path", "arch_every",
-                     "out_dir", "workers", "progress", "resume", "device", "amp", "save_every"}
+                     "out_dir", "workers", "progress", "resume", "device", "amp", "save_every", "derive", "tolerance"}
 
 
 @dataclass
@@ -73,6 +74,8 @@ class SearchSettings:
     progress: bool = True
     save_every: int = 0
     fpn_channels: int | None = None
+    derive: str = "budget"
+    tolerance: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -317,28 +320,38 @@ class Searcher:
 
     # ---------------------------------------------------------------------------------------------- result
     def finish(self) -> dict[str, Any]:
-        """Derive the architecture, predict its cost and write ``arch.json`` (rank 0)."""
-        choices = self.net.argmax_choices()
-        predicted = self.costs.of_paths(choices)
+        """Derive the architecture on the budget (and the argmax beside it), write ``arch.json`` (rank 0).
+
+        Returns:
+            ``{"arch", "predicted", "target", "budget", "argmax"}`` (the last two :class:`~nas.derive.Derived`).
+        """
+        log_probs = [torch.log_softmax(e.alpha.detach().double().cpu(), 0).tolist() for e in self.net.edges]
+        argmax = argmax_derive(log_probs, self.costs)
+        budget = budget_derive(log_probs, self.costs, self.s.target, self.s.tolerance)
+        chosen = budget if self.s.derive == "budget" else argmax
         meta = {
             "searched": True,
             "space": self.space.name,
             "target": self.s.target,
-            "predicted": predicted,
+            "predicted": chosen.predicted,
             "unit": self.costs.unit,
-            "predicted_latency_ms": predicted if self.costs.unit == "ms" else None,
+            "predicted_latency_ms": chosen.predicted if self.costs.unit == "ms" else None,
             "range": [self.costs.smallest, self.costs.largest],
+            "derive": {"method": self.s.derive, "tolerance": self.s.tolerance, "budget": budget.to_meta(),
+                       "argmax": argmax.to_meta(), "differs_at": differing_edges(
+                           budget.choices, argmax.choices, [e.where for e in self.net.edge_info])},
             "table": {k: self.table_meta.get(k) for k in ("path", "device_name", "device", "batch", "resolution",
                                                           "threads", "metric", "calibration")},
             "settings": {k: v for k, v in asdict(self.s).items() if k not in ("progress", "extra")},
             "probabilities": [[round(float(p), 4) for p in e.probs.detach().cpu()] for e in self.net.edges],
         }
         meta["confidence"] = _confidence(meta["probabilities"])
-        arch = self.net.derive(f"{self.space.name}_T{self.s.target:g}", meta)
+        arch = self.space.arch_from_choices(chosen.choices, f"{self.space.name}_T{self.s.target:g}", meta)
         if self.dist.is_main:
             arch.save(self.out / "arch.json")
             _plot_history(self.history, self.s.target, self.costs.unit, self.out / "search.png")
-        return {"arch": arch, "predicted": predicted, "target": self.s.target}
+        return {"arch": arch, "predicted": chosen.predicted, "target": self.s.target, "budget": budget,
+                "argmax": argmax}
 
 
 def _confidence(probs: list[list[float]]) -> float:

@@ -24,7 +24,7 @@ from models.search_space import PRESETS, preset_spaces
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "profile_latency.py"
-FORBIDDEN = ("models", "nas", "utils", "timm", "numpy")
+FORBIDDEN = ("models", "latency", "nas", "utils", "timm", "numpy")
 
 # Runs the script as __main__ with an import guard installed first. torch is imported before the guard because
 # torch itself optionally imports numpy; the static test below checks that the script never names numpy.
@@ -130,7 +130,9 @@ def test_script_imports_only_the_standard_library_and_torch():
 def test_list_names_matches_the_preset_spaces(tmp_path, script, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     script.main(["--preset", "rpi4", "--list-names"])
-    printed = capsys.readouterr().out.split()
+    lines = capsys.readouterr().out.splitlines()
+    printed = [line for line in lines if not line.startswith("#")]
+    assert sum(line.startswith("# network ") for line in lines) == 24 + 8  # the default calibration networks
     size = PRESETS["rpi4"]["latency_size"]
     expected = {key for space in preset_spaces("rpi4") for key in space.latency_keys(size)}
     assert set(printed) == expected and len(printed) == len(expected)
@@ -270,8 +272,26 @@ def test_rounds_and_whole_networks_for_an_external_device(tmp_path, script):
     module = importlib.util.module_from_spec(report)
     sys.modules[report.name] = module
     report.loader.exec_module(module)
-    module.main(["--latency-table", str(out), "--from-table", "--fit-calibration", "--quiet", "--json",
-                 str(tmp_path / "r.json")])
+    module.main(["--latency-table", str(out), "--from-table", "--fit-calibration", "--calibration", "median",
+                 "--quiet", "--json", str(tmp_path / "r.json")])
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["from_table"] is True and data["calibration"]["n"] == 2
     assert data["summary"]["all_validation"]["raw"]["n"] == 2
+
+
+def test_a_profiled_table_is_calibrated_by_default_and_on_the_device(device_dir):
+    """Run alone (the guard forbids the project, numpy and tqdm): blocks, then calibration networks, then the fit."""
+    args = ["--space", "R12", "--resolution", "32", "--threads", "1", "--warmup", "1", "--samples", "3",
+            "--fit-archs", "8", "--random-archs", "4", "--repeats", "2", "--out", "c.json"]
+    done = run_script(device_dir, *args)
+    table = TableFile.load(device_dir / "c.json")
+    calibration = table.meta["calibration"]
+    assert calibration is not None and calibration["n_fit"] == 8 and calibration["validation"]["n"] == 4
+    assert calibration["model"] in calibration["candidates"] and "loo" in calibration
+    assert sorted(n["role"] for n in table.networks.values()) == ["fit"] * 8 + ["validate"] * 4
+    assert "calibration" in done.stderr and "held-out: 4 networks" in done.stderr
+    # --no-calibration: blocks only, and the stored networks of another run are never refitted into it
+    run_script(device_dir, "--space", "R12", "--resolution", "32", "--threads", "1", "--warmup", "1", "--samples",
+               "3", "--no-calibration", "--out", "plain.json")
+    plain = TableFile.load(device_dir / "plain.json")
+    assert plain.meta["calibration"] is None and not plain.networks

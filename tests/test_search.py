@@ -121,20 +121,39 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, extra: list[str], mess
 def test_missing_table_is_measured_here_and_an_unreachable_target_is_announced(tiny, tmp_path) -> None:
     table, out = tmp_path / "rpi4.json", tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "search.py"), "--latency-table", str(table), "--target", "1e6", "--space",
-           str(tiny["space"]), "--warmup-epochs", "1", "--search-epochs", "1", "--out-dir", str(out), *QUICK]
+           str(tiny["space"]), "--warmup-epochs", "1", "--search-epochs", "1", "--out-dir", str(out),
+           "--calibration-networks", "4", "2", *QUICK]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "created a new latency table that describes THIS machine" in done.stdout
     assert "above the largest network of this space on this device" in done.stdout
+    assert "calibrating the new table: 4 + 2 random networks" in done.stdout and "no calibration" not in done.stdout
+    assert "above_range" in (out / "arch.json").read_text()  # the budget derive says it took the largest network
     from latency.internal_mode import LatencyTable
     from models.search_space import SearchSpace
 
-    saved = LatencyTable.load(table)  # internal mode filled exactly what the space needs, in ms
+    saved = LatencyTable.load(table)  # internal mode filled what the space needs, in ms, and calibrated it here
     assert saved.meta["device"] == "cpu" and saved.input_size == 320
     needed = set(SearchSpace.load(tiny["space"]).latency_keys(320))
     assert needed and all(key in saved and saved.latency(key) > 0 for key in needed)
+    assert saved.calibration is not None and saved.meta["calibration"]["n_fit"] == 4
+    assert sorted(n["role"] for n in saved.networks.values()) == ["fit"] * 4 + ["validate"] * 2
     assert (out / "arch.json").is_file()
+
+
+def test_a_table_without_calibration_is_warned_about_once(tiny, tmp_path) -> None:
+    from latency.internal_mode import LatencyTable
+
+    table = tmp_path / "plain.json"
+    LatencyTable.create(table, device="cpu", batch=1, resolution=64, warmup=1, samples=3, threads=1)
+    cmd = [sys.executable, str(ROOT / "search.py"), "--latency-table", str(table), "--target", "5", "--space",
+           str(tiny["space"]), "--warmup-epochs", "1", "--search-epochs", "1", "--out-dir", str(tmp_path / "r"),
+           *QUICK]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (done.stdout + done.stderr).count("has no calibration") == 1
 
 
 def test_bad_target_writes_nothing(tmp_path) -> None:

@@ -41,8 +41,11 @@ SOURCES = (
     "models/arch.py",
     "models/backbone.py",
     "models/search_space.py",
+    "latency/accuracy.py",
+    "latency/calibration.py",
     "latency/table_format.py",
     "latency/measure.py",
+    "latency/predict.py",
     "latency/random_archs.py",
     "latency/profile_cli.py",
 )

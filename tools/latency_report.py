@@ -6,17 +6,18 @@ batch, resolution and threads. Measurements are interleaved: ``--repeats`` round
 random order, and a network's latency is the median of its round means; the spread between rounds is reported, so
 machine noise is visible next to predictor error.
 
-Prints per network: predicted raw (plain sum) and calibrated (sum x the table's scale + its offset, 0 unless
-``--calibration affine``), measured, errors; and per group: MAPE, share within 5% and 10%, Spearman rank
-correlation (scipy). ``--fit-calibration`` fits the calibration (one scale per table by default) on
-networks drawn with another seed (never the reported ones), stores it in the table's metadata and reports before and
-after on the others. For a device the project does not run on (a Raspberry Pi), ``profile_latency.py
---random-archs N --fit-archs M`` measures whole networks there and ``--from-table`` reports on them.
+Prints per network: predicted raw (plain sum) and calibrated (the table's calibration, latency/calibration.py),
+measured, errors; and per group: MAPE, share within 5% and 10%, Spearman rank correlation, bias and the median
+spread between rounds. A table from profile_latency.py (or one search.py created) is calibrated already: the report
+then checks that calibration on networks of a seed it never saw (``--seed``; the profiler fits on seed 1000 and
+validates on 500). ``--fit-calibration`` refits it here on networks drawn with ``--fit-seed`` (never the reported
+ones), stores it in the table and reports before and after. For a device the project does not run on (a Raspberry
+Pi), ``--from-table`` reports on the whole networks the profiler measured there.
 
 Examples::
 
-    python tools/latency_report.py --latency-table bench/tables/rpi4_cpu.json --random 30 --seed 0 \\
-        --models R12_V3_HS R11_V2_HS mobilenetv1_0.25 --fit-calibration --json report.json
+    python tools/latency_report.py --latency-table rpi4.json --random 30 --seed 0 --space all \\
+        --models R12_V3_HS R11_V2_HS mobilenetv1_0.25 --json report.json
     python tools/latency_report.py --latency-table t.json --arch search_out/arch.json
     python tools/latency_report.py --latency-table rpi4_from_the_pi.json --from-table --fit-calibration
 """
@@ -32,11 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from latency.accuracy import accuracy, spearman, summarize_groups  # noqa: E402
+from latency.accuracy import spearman, summarize_groups  # noqa: E402
 from latency.calibration import CALIBRATION_METHODS, compare_methods, fit_calibration  # noqa: E402
 from latency.internal_mode import LatencyTable  # noqa: E402
 from latency.measure import load_average, measure_networks  # noqa: E402
-from latency.predict import arch_keys, predict_latency  # noqa: E402
+from latency.predict import arch_keys, describe_calibration, fit_table_calibration, predict_latency  # noqa: E402  # noqa: E402
 from latency.random_archs import validation_and_fit_archs  # noqa: E402
 from latency.table_format import RunLog  # noqa: E402
 from models import published_arch  # noqa: E402
@@ -128,16 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved measurement rounds per network; the median is reported (default: 3)")
     parser.add_argument("--fit-calibration", action="store_true",
-                        help="fit one scale on separate random networks (--fit-random, --fit-seed), store it in the "
-                             "table's metadata and report before/after on the other networks (default: off)")
+                        help="refit the table's calibration on separate random networks (--fit-random, --fit-seed), "
+                             "store it in the table's metadata and report before/after on the other networks "
+                             "(default: off: report on the table's own calibration)")
     parser.add_argument("--fit-random", type=int, metavar="N",
                         help="networks to fit on (default: as many as --random, at least 10)")
     parser.add_argument("--fit-seed", type=int, default=1000,
                         help="seed of the fitting networks, distinct from --seed (default: 1000)")
-    parser.add_argument("--calibration", choices=CALIBRATION_METHODS, default="median",
-                        help="median: scale = median of measured/predicted (robust to noisy runs); lsq: scale by "
-                             "least squares on the relative error; affine: scale and a per-network offset by the same "
-                             "least squares (default: median)")
+    parser.add_argument("--calibration", choices=("select", *CALIBRATION_METHODS), default="select",
+                        help="with --fit-calibration: select = the calibration model with the best leave-one-out "
+                             "error on the fitting networks, as profile_latency.py does (latency/calibration.py); "
+                             "median / lsq / affine = a scale (and offset) from the plain sums only (default: select)")
     parser.add_argument("--no-fill", action="store_true",
                         help="fail on blocks missing from the table instead of measuring them here (internal mode, "
                              "the default)")
@@ -188,30 +190,30 @@ def main(argv: list[str] | None = None) -> None:
         net["predicted_raw_ms"] = predict_latency(net["arch"], table, calibrated=False)
         net["blocks"] = len(net["arch"].resolve(table.input_size))
 
-    old_scale, old_offset = table.scale, table.offset_ms
+    before = table.meta.get("calibration")
     calibration = None
     comparison = None
     if args.fit_calibration:
         fit = [n for n in nets if n["role"] == "fit"]
+        validate = [n for n in nets if n["role"] == "validate"]
         if not fit:
             raise FaceNASError(f"{table.path}: no networks with role 'fit' to fit the calibration on; measure some on "
                                "the device with profile_latency.py --fit-archs N")
-        raw_p = [n["predicted_raw_ms"] for n in fit]
-        meas = [n["measured_ms"] for n in fit]
-        scale, offset = fit_calibration(raw_p, meas, args.calibration)
-        calibration = {
-            "method": args.calibration, "n": len(fit), "fit_seed": args.fit_seed,
-            "spaces": sorted({n["arch"].meta.get("space") for n in fit}),
-            "repeats": min(len(n["rounds_ms"]) for n in fit), "fit_mape_before": accuracy(raw_p, meas)["mape"],
-            "fit_mape_after": accuracy([scale * p + offset for p in raw_p], meas)["mape"],
-        }
-        table.set_calibration(scale, offset, **calibration)
+        extra = {"fit_seed": args.fit_seed, "spaces": sorted({n["arch"].meta.get("space") or "" for n in fit}),
+                 "repeats": min(len(n["rounds_ms"]) for n in fit), "source": "tools/latency_report.py"}
+        if args.calibration == "select":
+            fit_table_calibration(table, [(n["arch"], n["measured_ms"]) for n in fit],
+                                  [(n["arch"], n["measured_ms"]) for n in validate])
+            table.meta["calibration"].update(extra, n=len(fit), method="select")
+        else:
+            scale, offset = fit_calibration([n["predicted_raw_ms"] for n in fit], [n["measured_ms"] for n in fit],
+                                            args.calibration)
+            table.set_calibration(scale, offset, method=args.calibration, n=len(fit), **extra)
         table.save()
-        calibration.update(scale=scale, offset_ms=offset)
-        comparison = compare_methods(fit, [n for n in nets if n["role"] == "validate"])
-    scale, offset = table.scale, table.offset_ms
+        calibration = table.meta["calibration"]
+        comparison = compare_methods(fit, validate)
     for net in nets:
-        net["predicted_ms"] = net["predicted_raw_ms"] * scale + offset
+        net["predicted_ms"] = predict_latency(net["arch"], table)
         net["error_raw"] = (net["predicted_raw_ms"] / net["measured_ms"] - 1) * 100.0
         net["error_cal"] = (net["predicted_ms"] / net["measured_ms"] - 1) * 100.0
 
@@ -221,9 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         first = [n["rounds_ms"][0] for n in nets]
         second = [n["rounds_ms"][1] for n in nets]
         retest = spearman(first, second)
-    print_report(nets, summary, table, scale, old_scale, calibration, retest)
+    print_report(nets, summary, table, calibration, retest)
     if comparison:
-        print("calibration methods fitted on the same networks, scored on the validation networks:")
+        print("scale-only calibrations fitted on the same networks, scored on the validation networks:")
         for method, result in comparison.items():
             if "error" in result:
                 print(f"  {method:<7} {result['error']}")
@@ -237,8 +239,9 @@ def main(argv: list[str] | None = None) -> None:
             "device": table.meta["device"], "device_name": table.meta["device_name"], "threads": table.meta["threads"],
             "batch": table.batch, "resolution": table.input_size, "protocol": table.meta["protocol"],
             "repeats": min(len(n["rounds_ms"]) for n in nets), "from_table": args.from_table,
-            "scale_before": old_scale, "offset_before_ms": old_offset, "scale": scale, "offset_ms": offset,
-            "calibration": calibration, "method_comparison": comparison,
+            "calibration_before": before, "calibration": table.meta.get("calibration"),
+            "refitted": calibration is not None,
+            "scale": table.scale, "offset_ms": table.offset_ms, "method_comparison": comparison,
             "retest_spearman": retest, "seconds": time.time() - start, "load_average": [load_start, load_average()],
             "summary": summary,
             "networks": [{k: (v.name if k == "arch" else v) for k, v in n.items()} | {"arch_dict": n["arch"].to_dict()}
@@ -248,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
-def print_report(nets: list[dict[str, Any]], summary: dict[str, Any], table: LatencyTable, scale: float,
-                 old_scale: float, calibration: dict[str, Any] | None, retest: float | None) -> None:
+def print_report(nets: list[dict[str, Any]], summary: dict[str, Any], table: LatencyTable,
+                 calibration: dict[str, Any] | None, retest: float | None) -> None:
     meta = table.meta
     print(f"table {table.path}: {meta['device']} {meta['device_name']!r}, threads {meta['threads']}, batch "
           f"{table.batch}, {table.input_size}x{table.input_size}, protocol {meta['protocol']['warmup']}/"
@@ -263,14 +266,9 @@ def print_report(nets: list[dict[str, Any]], summary: dict[str, Any], table: Lat
               f"{net['predicted_ms']:>9.3f} {net['measured_ms']:>9.3f} {net['spread']:>7.1f} {net['error_raw']:>+8.1f} "
               f"{net['error_cal']:>+8.1f}")
     print()
-    if calibration:
-        print(f"calibration: scale {calibration['scale']:.4f}, offset {calibration['offset_ms']:+.3f} ms "
-              f"({calibration['method']}) fitted on {calibration['n']} "
-              f"networks (seed {calibration['fit_seed']}); fit-set MAPE {calibration['fit_mape_before']:.1f}% -> "
-              f"{calibration['fit_mape_after']:.1f}%; stored in {table.path}")
-    else:
-        print(f"calibration of the table: scale {scale:.4f}, offset {table.offset_ms:+.3f} ms"
-              + ("" if table.meta.get("calibration") else " (none fitted)"))
+    stored = table.meta.get("calibration")
+    print(("refitted here and stored in the table: " if calibration else "the table's ") + describe_calibration(stored)
+          + (f"; estimator {table.estimator}" if table.estimator else ""))
     print(f"{'group':<16} {'n':>3} {'MAPE raw':>9} {'MAPE cal':>9} {'<=5% raw':>9} {'<=5% cal':>9} {'<=10% raw':>10} "
           f"{'<=10% cal':>10} {'Spearman':>9} {'bias raw':>9} {'spread':>7}")
     for name, s in summary.items():
