@@ -36,11 +36,10 @@ CONFIGS = {"f12_p1_0.5": 0.5, "f12_p1_0.7": 0.7, "f11": 1.0}
 def sweep(args: argparse.Namespace) -> None:
     import search
     from latency.internal_mode import LatencyTable
-    from latency.measure import cpu_model
+    from latency.measure import cpu_model, measure_networks
     from latency.predict import edge_costs, predict_latency
     from models.arch import Arch
     from models.search_space import get_space
-    from tools.latency_report import measure_networks
 
     table = LatencyTable.load(args.latency_table)
     space = get_space(args.space)
@@ -68,7 +67,9 @@ def sweep(args: argparse.Namespace) -> None:
     nets = [{"arch": row["arch"]} for row in rows]
     for i, net in enumerate(nets):
         net["arch"].name = f"net{i}"
-    measure_networks(nets, table, args.repeats, args.seed, progress=False)
+    measured = measure_networks([net["arch"] for net in nets], table.meta, args.repeats, args.seed)
+    for net in nets:
+        net.update(measured[net["arch"].name])
     print(f"\nmachine {cpu_model()}, threads {table.meta.get('threads')}, date {datetime.date.today()}, table "
           f"{args.latency_table} (batch {table.batch}, {table.input_size}x{table.input_size}, calibration "
           f"x{table.scale:g}); search {args.img_size}px, batch {args.batch_size}, {args.warmup_epochs}+"

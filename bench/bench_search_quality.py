@@ -1,0 +1,341 @@
+"""Does the search beat random search at the same latency? (issue 14; a benchmark, not a test)
+
+For one space, one target and this machine's latency table:
+
+1. ``search``: ``search.py`` with its default CPU budget and the budgeted derive -> the searched network;
+2. ``draw``: ``--random K`` networks of the same space drawn uniformly per edge (the random-search baseline) and kept
+   only when their predicted latency is within 2% of the searched network's (rejection sampling; if too few are
+   found in ``--max-draws`` draws, the rest are drawn by the budgeted derive with random Gumbel scores, i.e. a
+   uniformly random *ranking* conditioned on the window; the report says how many of each);
+3. ``train``: every network (searched, random, and the ``--registered`` networks of the preset) trained from scratch
+   with one recipe and budget (``train.py --preset quick``, ``--epochs``) for each seed of ``--seeds``, then scored
+   with the official WIDER FACE protocol on the built-in val set (or ``--data-root``);
+4. ``rank``: the supernet of step 1, with each network's path fixed and BatchNorm statistics recomputed on training
+   batches, scored on the same val set: how well does weight sharing rank the networks (Kendall tau against their
+   stand-alone AP)?
+5. ``measure``: every backbone's latency end to end with the table's protocol (run on a quiet machine);
+6. ``report``: a markdown table, a JSON file and the Pareto plot (mean AP against measured latency, seed spread as
+   error bars).
+
+Each phase skips the work it finds done in ``--out``, so the benchmark resumes, and ``--phase`` runs one at a time
+(``--phase train --jobs 2`` trains two networks at once with one thread each).
+
+    python bench/bench_search_quality.py --table bench/tables/rpi4_cpu_320.json --space R5_V2 --target 24
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from latency.internal_mode import LatencyTable  # noqa: E402
+from latency.measure import cpu_model, load_average, measure_networks  # noqa: E402
+from latency.predict import edge_costs, predict_latency  # noqa: E402
+from latency.random_archs import random_choices  # noqa: E402
+from models import published_arch  # noqa: E402
+from models.arch import Arch  # noqa: E402
+from models.search_space import get_space  # noqa: E402
+from nas.derive import budget_derive  # noqa: E402
+from utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from utils.figures import pyplot, save_figure  # noqa: E402
+
+PHASES = ("search", "draw", "train", "rank", "measure", "report")
+SETTINGS = ("easy", "medium", "hard", "mean")
+
+
+def run(command: list[str], log: Path) -> None:
+    """Run a command from the repository root, its output appended to ``log``; raise on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+
+
+# ------------------------------------------------------------------------------------------------ phases
+def phase_search(args: argparse.Namespace, out: Path) -> None:
+    if (out / "search" / "arch.json").is_file():
+        return
+    run([sys.executable, "search.py", "--latency-table", str(args.table), "--target", f"{args.target:g}", "--space",
+         args.space, "--out-dir", str(out / "search"), "--seed", str(args.search_seed), "--no-progress",
+         *(["--data-root", args.data_root] if args.data_root else []), *shlex.split(args.search_args)],
+        out / "logs" / "search.log")
+
+
+def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list[dict[str, Any]]:
+    """The networks of the study (searched, random, registered), written to ``networks.json`` once."""
+    path = out / "networks.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    space = get_space(args.space)
+    searched = Arch.load(out / "search" / "arch.json")
+    centre = predict_latency(searched, table)
+    low, high = centre * (1 - args.window), centre * (1 + args.window)
+    rng = random.Random(args.draw_seed)
+    seen, drawn = {tuple(searched.meta["choices"])}, []
+    draws = 0
+    while len(drawn) < args.random and draws < args.max_draws:
+        draws += 1
+        choices = random_choices(space, rng)
+        if tuple(choices) in seen:
+            continue
+        arch = space.arch_from_choices(choices, f"random{len(drawn):02d}")
+        if low <= predict_latency(arch, table) <= high:
+            seen.add(tuple(choices))
+            drawn.append((arch, "rejection"))
+    costs = edge_costs(space, table)
+    while len(drawn) < args.random:  # Gumbel scores: a random network conditioned on the window
+        scores = [[_gumbel(rng) for _ in edge] for edge in costs.edges]
+        result = budget_derive(scores, costs, centre, args.window)
+        if tuple(result.choices) not in seen and result.status == "within":
+            seen.add(tuple(result.choices))
+            drawn.append((space.arch_from_choices(result.choices, f"random{len(drawn):02d}"), "gumbel"))
+    nets = [{"name": "searched", "kind": "searched", "arch": searched.to_dict(), "how": "search + budget derive"}]
+    nets += [{"name": a.name, "kind": "random", "arch": a.to_dict(), "how": how} for a, how in drawn]
+    for name in args.registered:
+        arch = published_arch(name)
+        nets.append({"name": arch.name, "kind": "registered", "arch": arch.to_dict(), "how": "registered"})
+    for net in nets:
+        net["predicted_ms"] = predict_latency(Arch.from_dict(net["arch"]), table, measure_missing=True)
+    atomic_write_json(path, nets)
+    print(f"drew {len(drawn)} random networks within +-{100 * args.window:g}% of {centre:.2f} ms "
+          f"({sum(h == 'rejection' for _, h in drawn)} by rejection in {draws} uniform draws)")
+    return nets
+
+
+def _gumbel(rng: random.Random) -> float:
+    return -math.log(-math.log(rng.random() or 1e-300))
+
+
+def phase_train(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]) -> None:
+    jobs = []
+    for net in nets:
+        arch_file = out / "archs" / f"{net['name']}.json"
+        if not arch_file.is_file():
+            Arch.from_dict(net["arch"]).save(arch_file)
+        for seed in args.seeds:
+            run_dir = out / "train" / f"{net['name']}_s{seed}"
+            if (run_dir / "eval.json").is_file():
+                continue
+            command = [sys.executable, "train.py", "--model", str(arch_file), "--preset", "quick", "--seed",
+                       str(seed), "--out-dir", str(run_dir), "--threads", str(args.threads), "--no-progress",
+                       "--save-every", "0"]
+            if args.epochs:
+                command += ["--epochs", str(args.epochs), "--decay-epochs", str(max(1, args.epochs - 1))]
+            if args.data_root:
+                command += ["--data-root", args.data_root]
+            command += shlex.split(args.train_args)
+            if (run_dir / "last.pth").is_file():
+                command += ["--resume", str(run_dir / "last.pth")]
+            jobs.append((command, out / "logs" / f"train_{net['name']}_s{seed}.log"))
+    print(f"{len(jobs)} training runs to do, {args.jobs} at a time")
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(run, c, log) for c, log in jobs]:
+            future.result()
+
+
+def phase_rank(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]) -> None:
+    """Supernet-inherited AP of every network of the space (BatchNorm recalibrated on training batches)."""
+    path = out / "rank.json"
+    if path.is_file():
+        return
+    import torch
+
+    from data.augment import TrainTransform
+    from data.widerface import WiderFaceDetection
+    from engine.checkpoint import read_checkpoint
+    from engine.distributed import DistInfo
+    from engine.inference import EvalSettings, evaluate_detector
+    from engine.loaders import make_loader, resolve_data_root
+    from models.retinaface import RetinaFace
+    from nas.supernet import SuperNet
+
+    space = get_space(args.space)
+    state = read_checkpoint(out / "search" / "last.pth", "facenas-search/1", "search", "search checkpoint", "")
+    net = SuperNet(space)
+    detector = RetinaFace(net, net.channels, state["settings"].get("fpn_channels"))
+    root = resolve_data_root(args.data_root, verbose=False)
+    img_size = int(state["settings"]["img_size"])
+    loader = make_loader(WiderFaceDetection(root, "train", TrainTransform(img_size), seed=0),
+                         int(state["settings"]["batch_size"]), DistInfo(), shuffle=True, seed=0, workers=0)
+    results = {}
+    for item in nets:
+        if item["kind"] == "registered":
+            continue
+        detector.load_state_dict(state["detector"])
+        choices = Arch.from_dict(item["arch"]).meta["choices"]
+        net.set_paths([(c, (c,)) for c in choices], "weights")
+        for module in detector.modules():  # fresh statistics of this path: the shared ones belong to no network
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None
+        detector.train()
+        with torch.no_grad():
+            for step, (images, _) in enumerate(loader):
+                if step >= args.bn_batches:
+                    break
+                detector(images)
+        ap = evaluate_detector(detector.eval(), root, out / "rank_pred" / item["name"], EvalSettings(),
+                               progress=False)
+        results[item["name"]] = {s: float(ap[s]) for s in SETTINGS}
+        print(f"supernet AP of {item['name']}: {100 * results[item['name']]['mean']:.2f}")
+    atomic_write_json(path, {"bn_batches": args.bn_batches, "networks": results})
+
+
+def phase_measure(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]], table: LatencyTable) -> None:
+    path = out / "latency.json"
+    if path.is_file():
+        return
+    archs = []
+    for net in nets:
+        arch = Arch.from_dict(net["arch"])
+        arch.name = net["name"]
+        archs.append(arch)
+    start, load = time.time(), load_average()
+    results = measure_networks(archs, table.meta, repeats=args.repeats, seed=0)
+    atomic_write_json(path, {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                             "load_start": load, "load_end": load_average(), "seconds": time.time() - start,
+                             "repeats": args.repeats, "networks": results})
+
+
+def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]) -> dict[str, Any]:
+    from scipy.stats import kendalltau
+
+    latency = json.loads((out / "latency.json").read_text())["networks"] if (out / "latency.json").is_file() else {}
+    rank = json.loads((out / "rank.json").read_text())["networks"] if (out / "rank.json").is_file() else {}
+    rows = []
+    for net in nets:
+        aps = []
+        for seed in args.seeds:
+            result = out / "train" / f"{net['name']}_s{seed}" / "eval.json"
+            if result.is_file():
+                aps.append({s: 100 * json.loads(result.read_text())[s] for s in SETTINGS})
+        row = {"name": net["name"], "kind": net["kind"], "how": net["how"], "predicted_ms": net["predicted_ms"],
+               "measured_ms": latency.get(net["name"], {}).get("measured_ms"), "seeds": len(aps),
+               "ap": {s: statistics.fmean(a[s] for a in aps) for s in SETTINGS} if aps else None,
+               "ap_per_seed": [a["mean"] for a in aps],
+               "supernet_ap": 100 * rank[net["name"]]["mean"] if net["name"] in rank else None}
+        rows.append(row)
+    trained = [r for r in rows if r["ap"]]
+    random_rows = [r for r in trained if r["kind"] == "random"]
+    searched = next((r for r in trained if r["kind"] == "searched"), None)
+    spread = [max(r["ap_per_seed"]) - min(r["ap_per_seed"]) for r in trained if len(r["ap_per_seed"]) > 1]
+    summary: dict[str, Any] = {"seed_spread_median": statistics.median(spread) if spread else None}
+    if searched and random_rows:
+        means = sorted((r["ap"]["mean"] for r in random_rows), reverse=True)
+        summary.update(random_mean=statistics.fmean(means), random_best=means[0],
+                       searched=searched["ap"]["mean"], margin=searched["ap"]["mean"] - statistics.fmean(means),
+                       searched_rank=1 + sum(m > searched["ap"]["mean"] for m in means), random_count=len(means))
+    ranked = [r for r in trained if r["supernet_ap"] is not None]
+    if len(ranked) >= 3:
+        tau = kendalltau([r["supernet_ap"] for r in ranked], [r["ap"]["mean"] for r in ranked])
+        summary.update(kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue), ranked=len(ranked))
+    report = {"space": args.space, "target": args.target, "table": str(args.table), "seeds": args.seeds,
+              "epochs": args.epochs or "quick preset", "rows": rows, "summary": summary}
+    atomic_write_json(out / "report.json", report)
+    lines = ["| network | kind | predicted ms | measured ms | Easy | Medium | Hard | mean AP | per seed | "
+             "supernet AP |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    for r in rows:
+        ap = r["ap"] or {}
+        lines.append(f"| {r['name']} | {r['kind']} | {r['predicted_ms']:.2f} | {fmt(r['measured_ms'])} | "
+                     f"{fmt(ap.get('easy'))} | {fmt(ap.get('medium'))} | {fmt(ap.get('hard'))} | "
+                     f"{fmt(ap.get('mean'))} | {', '.join(f'{v:.2f}' for v in r['ap_per_seed'])} | "
+                     f"{fmt(r['supernet_ap'])} |")
+    text = "\n".join(lines) + "\n\n" + json.dumps(summary, indent=1) + "\n"
+    atomic_write_text(out / "report.md", text)
+    print(text)
+    if trained and all(r["measured_ms"] for r in trained):
+        pareto_plot(trained, args, out / "pareto.png")
+    return report
+
+
+def pareto_plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    styles = {"searched": ("tab:red", "*", 220), "random": ("tab:gray", "o", 50), "registered": ("tab:blue", "s", 60)}
+    for kind, (colour, marker, size) in styles.items():
+        chosen = [r for r in rows if r["kind"] == kind]
+        if not chosen:
+            continue
+        xs = [r["measured_ms"] for r in chosen]
+        ys = [r["ap"]["mean"] for r in chosen]
+        low = [y - min(r["ap_per_seed"]) for y, r in zip(ys, chosen)]
+        high = [max(r["ap_per_seed"]) - y for y, r in zip(ys, chosen)]
+        ax.errorbar(xs, ys, yerr=[low, high], fmt="none", ecolor=colour, alpha=0.6, capsize=3)
+        ax.scatter(xs, ys, c=colour, marker=marker, s=size, label=f"{kind} ({len(chosen)})", zorder=3)
+        if kind == "registered":
+            for x, y, r in zip(xs, ys, chosen):
+                ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("measured backbone latency (ms, this CPU, table protocol)")
+    ax.set_ylabel("mean WIDER FACE AP on the built-in val set (%)")
+    ax.set_title(f"Search vs random search, space {args.space}, target {args.target:g} ms; "
+                 f"bars: min-max over {len(args.seeds)} seeds", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=120, tight=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--table", type=Path, required=True, help="this machine's latency table (calibrated)")
+    parser.add_argument("--space", default="R5_V2", help="search space")
+    parser.add_argument("--target", type=float, required=True, help="target backbone latency (ms)")
+    parser.add_argument("--random", type=int, default=5, help="random networks at the searched network's latency")
+    parser.add_argument("--window", type=float, default=0.02, help="relative latency window of the random draws")
+    parser.add_argument("--max-draws", type=int, default=200_000, help="uniform draws before the Gumbel fallback")
+    parser.add_argument("--draw-seed", type=int, default=7, help="seed of the random draws")
+    parser.add_argument("--registered", nargs="*", default=["R12_V3_HS", "R11_V2_HS", "mobilenetv1_0.25"],
+                        help="registered networks trained alongside")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds of every network")
+    parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: the quick preset's 6)")
+    parser.add_argument("--search-seed", type=int, default=0, help="seed of the search")
+    parser.add_argument("--threads", type=int, default=1, help="threads per training run")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
+    parser.add_argument("--bn-batches", type=int, default=20, help="training batches that recompute BatchNorm "
+                                                                   "statistics of a supernet path")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the latency measurement")
+    parser.add_argument("--data-root", default=None, help="dataset (default: the built-in synthetic one)")
+    parser.add_argument("--search-args", default="", help="extra search.py options, e.g. '--search-epochs 12'")
+    parser.add_argument("--train-args", default="", help="extra train.py options, e.g. '--img-size 640'")
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default: bench/results/"
+                                                               "search_quality/<space>_T<target>)")
+    parser.add_argument("--phase", choices=(*PHASES, "all"), default="all", help="run one phase only")
+    args = parser.parse_args()
+    out = args.out or ROOT / "bench" / "results" / "search_quality" / f"{args.space}_T{args.target:g}"
+    table = LatencyTable.load(args.table)
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    if "search" in phases:
+        phase_search(args, out)
+    nets = phase_draw(args, out, table) if set(phases) - {"search"} else []
+    if "train" in phases:
+        phase_train(args, out, nets)
+    if "rank" in phases:
+        phase_rank(args, out, nets)
+    if "measure" in phases:
+        phase_measure(args, out, nets, table)
+    if "report" in phases:
+        phase_report(args, out, nets)
+
+
+if __name__ == "__main__":
+    main()
