@@ -370,8 +370,9 @@ class Searcher:
         if self.dist.is_main:
             arch.save(self.out / "arch.json")
             device = self.table_meta.get("device_name") or self.table_meta.get("device") or "unknown device"
-            title = (f"FaceNAS search of space {self.space.name}: target {self.s.target:g} {self.costs.unit} "
-                     f"({self.table_meta.get('metric', 'latency')} on {device}); found {predicted:.4g} {self.costs.unit}")
+            unit, metric = self.costs.unit, self.table_meta.get("metric", "latency")
+            title = (f"FaceNAS search of space {self.space.name}: target {self.s.target:g} {unit} ({metric} on "
+                     f"{device}); found {predicted:.4g} {unit}")
             _plot_history(self.history, self.s.target, self.costs.unit, self.out / "search.png", title,
                           self.s.warmup_epochs)
         return {"arch": arch, "predicted": predicted, "target": self.s.target}
