@@ -1259,7 +1259,8 @@ class FaceNASBackbone(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass instead of keeping its activations (less memory, more time)."""
+        """Recompute each block (stem and stages) in the backward pass instead of keeping its activations: less
+        memory, about one more forward pass of time. Features-only wrappers have their own switch (stage-wise)."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -1281,13 +1282,11 @@ class FaceNASBackbone(nn.Module):
             args["arch"] = self.arch.to_dict()
         self.__dict__["_recorded_model_args"] = args
 
-    def _run_stages(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_blocks(self.stages, x)
-        return self.stages(x)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_conv(self._run_stages(self.stem(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # the stem too: its full-resolution maps are the largest activations of the whole backbone
+            return self.last_conv(checkpoint_blocks(self.stages, checkpoint_blocks(self.stem, x)))
+        return self.last_conv(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
@@ -1322,7 +1321,7 @@ class FaceNASBackbone(nn.Module):
         chosen, last = take_indices(points, indices)
         stop = last if stop_early else points - 1
         intermediates: list[torch.Tensor] = []
-        x = self.stem(x)
+        x = checkpoint_blocks(self.stem, x) if self.grad_checkpointing else self.stem(x)
         for index, stage in enumerate(self.stages):
             if index > stop:
                 break

@@ -3,7 +3,11 @@
 ``import models`` registers every entrypoint below, so ``timm.create_model('facenas_r12_v3_hs', features_only=True)``
 works. The architectures are data: the tables of the thesis live in ``models/archs/*.json``; the variants the thesis
 derives from them (V2/V3 pre-stage, _HS activations, SE kinds; sections 4.1-4.3) are built by the small recipes
-below. ``facenas_arch`` builds any architecture file: ``timm.create_model('facenas_arch', arch='arch.json')``.
+below. ``facenas_arch`` builds any architecture file: ``timm.create_model('facenas_arch', arch='arch.json')``
+(without ``arch`` the RetinaFace mobile0.25 backbone, see its docstring).
+
+The default cfgs are written for timm's RGB transforms (mean/std, squash resize, ``pool_size``); the project's own
+pipelines stay BGR, so train.py checkpoints want ``x.flip(1)`` after a timm transform (README, weights/README.md).
 
 Local weights: ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='ckpt.pth'))`` loads a
 FaceNAS backbone or detector checkpoint; keys and shapes are checked against the architecture (``weights/README.md``).
