@@ -13,6 +13,7 @@ Modes:
 
 Examples:
     python evaluate.py --pred-dir runs/x/widerface_txt --gt-dir /data/widerface/ground_truth --json ap.json
+    python evaluate.py --pred-dir runs/a/widerface_val --pred-dir runs/b/widerface_val --plot pr.png  # overlaid
     python evaluate.py --checkpoint runs/facenas_r12_v3_hs/last.pth --data-root /data/widerface --json ap.json
     python evaluate.py --latency --model R12_V3_HS --latency-shape 1 320 320 --threads 4
 
@@ -39,11 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "mean.",
         epilog="Layout of --data-root and the protocol details: docs/DATA.md.",
     )
-    parser.add_argument("--pred-dir", metavar="DIR", default=None,
+    parser.add_argument("--pred-dir", metavar="DIR", action="append", default=None,
                         help="folder of prediction files <event>/<name>.txt (name line, count line, then 'x y w h "
-                             "score' lines); a val image without a file counts as zero detections. With "
-                             "--checkpoint it is where the predictions are written (default: required, except with "
-                             "--checkpoint (CKPT_DIR/widerface_val[_sSIZE]) or --latency alone)")
+                             "score' lines); a val image without a file counts as zero detections. Repeat it to "
+                             "compare folders: each is scored, and --plot overlays their curves as the official "
+                             "toolbox does. With --checkpoint (one folder) it is where the predictions are written "
+                             "(default: required, except with --checkpoint (CKPT_DIR/widerface_val[_sSIZE]) or "
+                             "--latency alone)")
+    parser.add_argument("--label", metavar="NAME", action="append", default=None,
+                        help="legend name of each --pred-dir, in the same order (default: the model's run folder, "
+                             "i.e. the parent of a widerface_val* folder, else the folder name; with --checkpoint "
+                             "the checkpoint's model)")
     parser.add_argument("--gt-dir", metavar="DIR", default=None,
                         help="folder holding wider_face_val.mat and wider_{easy,medium,hard}_val.mat (default: "
                              "DATA_ROOT/ground_truth)")
@@ -54,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iou", type=float, default=0.5, metavar="T",
                         help="IoU threshold for a match; the protocol uses 0.5 (default: 0.5)")
     parser.add_argument("--json", metavar="FILE", default=None,
-                        help="also write easy, medium, hard and mean AP (fractions 0..1) to this JSON file "
-                             "(default: none)")
+                        help="also write easy, medium, hard and mean AP (fractions 0..1) to this JSON file; with "
+                             "several --pred-dir, one such entry per folder under \"folders\" (default: none)")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
-                        help="also plot the three precision-recall curves to this PNG (default: none)")
+                        help="also plot the precision-recall curves to this PNG: one panel per setting (Easy, "
+                             "Medium, Hard), one curve per folder, titled by the model(s) (default: none)")
 
     group = parser.add_argument_group("Run a checkpoint first (--checkpoint)")
     group.add_argument("--checkpoint", metavar="CKPT", default=None,
@@ -104,9 +112,17 @@ def resolve_gt_dir(gt_dir: str | os.PathLike | None, data_root: str | os.PathLik
     return Path(data_root) / "ground_truth"
 
 
+def default_label(pred_dir: str | os.PathLike) -> str:
+    """Legend name of a prediction folder: its run folder for ``RUN/widerface_val*`` (what train.py and
+    ``--checkpoint`` write, the run folder being named after the model), else the folder's own name."""
+    path = Path(pred_dir).resolve()
+    return path.parent.name if path.name.startswith("widerface_val") and path.parent.name else path.name
+
+
 def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou: float = 0.5,
                           json_path: str | os.PathLike | None = None,
-                          plot_path: str | os.PathLike | None = None) -> dict:
+                          plot_path: str | os.PathLike | None = None, label: str | None = None,
+                          title: str | None = None) -> dict:
     """Score a prediction folder, print the AP table and optionally write JSON and a PR-curve plot.
 
     Args:
@@ -115,6 +131,8 @@ def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
         iou: Match threshold.
         json_path: Where to write ``{"easy", "medium", "hard", "mean", ...}`` (fractions).
         plot_path: Where to write the PR-curve PNG.
+        label: the folder's legend name (default :func:`default_label`).
+        title: the plot's title (default: WIDER FACE val and the label).
 
     Returns:
         The result of :func:`data.wider_eval.evaluate_folder`.
@@ -122,7 +140,53 @@ def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
     Raises:
         FaceNASError: On a missing folder, bad ground truth or a malformed prediction file.
     """
-    from data.wider_eval import SETTINGS, evaluate_folder, plot_pr_curves
+    from data.wider_eval import plot_pr_curves
+
+    result = _score_folder(pred_dir, gt_dir, iou)
+    if json_path is not None:
+        atomic_write_json(json_path, _json_entry(result, pred_dir, gt_dir, iou))
+    if plot_path is not None:
+        label = label or default_label(pred_dir)
+        plot_pr_curves([(label, result)], plot_path, title=title or f"WIDER FACE val: {label} (IoU {iou:g})")
+    return result
+
+
+def compare_folders(pred_dirs: list[str | os.PathLike], gt_dir: str | os.PathLike, iou: float = 0.5,
+                    labels: list[str] | None = None, json_path: str | os.PathLike | None = None,
+                    plot_path: str | os.PathLike | None = None) -> list[dict]:
+    """Score several prediction folders against one ground truth and overlay their PR curves (one per folder).
+
+    Args:
+        pred_dirs: the folders, e.g. one per model.
+        gt_dir, iou: as :func:`evaluate_from_folders`.
+        labels: legend names, one per folder (default :func:`default_label` of each).
+        json_path: ``{"folders": [entry, ...]}``, each entry as the single-folder JSON plus ``label``.
+        plot_path: the overlaid PR curves, titled by the labels (the models).
+
+    Returns:
+        The results, in the order of ``pred_dirs``.
+    """
+    from data.wider_eval import plot_pr_curves
+
+    labels = list(labels) if labels else [default_label(p) for p in pred_dirs]
+    if len(labels) != len(pred_dirs):
+        raise FaceNASError(f"{len(labels)} --label value(s) for {len(pred_dirs)} --pred-dir folder(s); give one "
+                           "label per folder, in the same order")
+    if len(set(labels)) != len(labels):
+        raise FaceNASError(f"the folders need distinct legend names, got {', '.join(labels)}; name them with --label")
+    results = [_score_folder(p, gt_dir, iou) for p in pred_dirs]
+    if json_path is not None:
+        atomic_write_json(json_path, {"folders": [{"label": label, **_json_entry(r, p, gt_dir, iou)}
+                                                  for label, r, p in zip(labels, results, pred_dirs)]})
+    if plot_path is not None:
+        plot_pr_curves(list(zip(labels, results)), plot_path,
+                       title=f"WIDER FACE val: {' vs '.join(labels)} (IoU {iou:g})")
+    return results
+
+
+def _score_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou: float) -> dict:
+    """Evaluate one folder and print its AP table (warnings on stderr)."""
+    from data.wider_eval import SETTINGS, evaluate_folder
 
     if not 0 < iou <= 1:
         raise FaceNASError(f"--iou must be in (0, 1], got {iou}")
@@ -135,20 +199,22 @@ def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
     for setting in SETTINGS:
         print(f"  {setting.capitalize():<7}{100 * result[setting]:6.2f} %   ({result['face_counts'][setting]} faces)")
     print(f"  {'Mean':<7}{100 * result['mean']:6.2f} %")
-    if json_path is not None:
-        atomic_write_json(json_path, {
-            **{setting: result[setting] for setting in SETTINGS},
-            "mean": result["mean"],
-            "iou": iou,
-            "images": result["num_images"],
-            "missing_predictions": result["missing"],
-            "faces": result["face_counts"],
-            "pred_dir": str(pred_dir),
-            "gt_dir": str(gt_dir),
-        })
-    if plot_path is not None:
-        plot_pr_curves(result, plot_path, title=f"WIDER FACE val: {Path(pred_dir).name}")
     return result
+
+
+def _json_entry(result: dict, pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou: float) -> dict:
+    from data.wider_eval import SETTINGS
+
+    return {
+        **{setting: result[setting] for setting in SETTINGS},
+        "mean": result["mean"],
+        "iou": iou,
+        "images": result["num_images"],
+        "missing_predictions": result["missing"],
+        "faces": result["face_counts"],
+        "pred_dir": str(pred_dir),
+        "gt_dir": str(gt_dir),
+    }
 
 
 def default_pred_dir(checkpoint: str | os.PathLike, test_size: int = 0) -> Path:
@@ -161,7 +227,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
                         pred_dir: str | os.PathLike | None = None, gt_dir: str | os.PathLike | None = None,
                         settings: object | None = None, device: str = "auto", iou: float = 0.5,
                         json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, label: str | None = None) -> dict:
     """Run a checkpoint over the val images, write the official prediction layout, then score it.
 
     Args:
@@ -173,6 +239,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         iou, json_path, plot_path: see :func:`evaluate_from_folders`.
         progress: show a progress bar.
+        label: legend name of the PR curves (default: the checkpoint's model).
 
     Returns:
         The evaluation result (see :func:`evaluate_from_folders`).
@@ -201,7 +268,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
     started = time.perf_counter()
     written = predict_to_folder(detector, images, out, settings, dev, total=len(images), progress=progress)
     print(f"wrote {written} prediction files in {time.perf_counter() - started:.1f} s")
-    return evaluate_from_folders(out, gt, iou=iou, json_path=json_path, plot_path=plot_path)
+    model = str(ckpt.get("model") or Path(checkpoint).parent.name)
+    return evaluate_from_folders(out, gt, iou=iou, json_path=json_path, plot_path=plot_path, label=label or model,
+                                 title=f"WIDER FACE val: RetinaFace + {model}, epoch {int(ckpt['epoch']) + 1} "
+                                       f"(IoU {iou:g})")
 
 
 def measure_backbone_latency(model: str | None = None, checkpoint: str | os.PathLike | None = None,
@@ -258,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --pred-dir (score predictions), --checkpoint (run a model, then score) or --latency")
     if args.model is not None and not args.latency:
         parser.error("--model is only used with --latency (to evaluate AP, give a --checkpoint)")
+    pred_dirs = args.pred_dir or []
+    if args.checkpoint is not None and len(pred_dirs) > 1:
+        parser.error("--checkpoint writes one prediction folder: give at most one --pred-dir with it")
+    if args.label and len(args.label) != max(1, len(pred_dirs)):
+        parser.error(f"give one --label per --pred-dir ({len(args.label)} labels for {len(pred_dirs)} folders)")
     if args.checkpoint is not None or args.pred_dir is not None:
         if args.checkpoint is not None:
             from engine.inference import EvalSettings
@@ -270,11 +345,17 @@ def main(argv: list[str] | None = None) -> int:
             settings = EvalSettings(test_size=args.test_size, max_size=args.test_max_size,
                                     score_threshold=args.score_threshold, nms_threshold=args.nms, top_k=args.top_k,
                                     keep_top_k=args.keep_top_k)
-            evaluate_checkpoint(args.checkpoint, args.data_root, args.pred_dir, args.gt_dir, settings, args.device,
-                                iou=args.iou, json_path=args.json, plot_path=args.plot)
+            evaluate_checkpoint(args.checkpoint, args.data_root, pred_dirs[0] if pred_dirs else None, args.gt_dir,
+                                settings, args.device, iou=args.iou, json_path=args.json, plot_path=args.plot,
+                                label=args.label[0] if args.label else None)
+        elif len(pred_dirs) == 1:
+            gt_dir = resolve_gt_dir(args.gt_dir, args.data_root)
+            evaluate_from_folders(pred_dirs[0], gt_dir, iou=args.iou, json_path=args.json, plot_path=args.plot,
+                                  label=args.label[0] if args.label else None)
         else:
             gt_dir = resolve_gt_dir(args.gt_dir, args.data_root)
-            evaluate_from_folders(args.pred_dir, gt_dir, iou=args.iou, json_path=args.json, plot_path=args.plot)
+            compare_folders(pred_dirs, gt_dir, iou=args.iou, labels=args.label, json_path=args.json,
+                            plot_path=args.plot)
     if args.latency:
         measure_backbone_latency(args.model, args.checkpoint, tuple(args.latency_shape), args.latency_device,
                                  args.threads, args.warmup, args.samples)

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps-per-epoch", type=int, default=None,
                    help="cap on weight steps per epoch, for quick trials (default: the whole split)")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="images per step and process (default: the preset's 32/24 on GPU, 8 on CPU)")
+                   help="images per weight step over all processes, as in train.py; divided among torchrun "
+                        "processes, so it must be a multiple of their number (default: the preset's 32 rpi4/jetson, "
+                        "24 dgx on GPU; 8 on CPU)")
     g.add_argument("--img-size", type=int, default=None, help="training/search resolution (default: 640 on GPU, "
                                                               "320 on CPU)")
     g.add_argument("--lr", type=float, default=None, help="weight SGD learning rate (default: 1e-3, RetinaFace; "
@@ -91,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and path sampling "
                                                        "(default: 0)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs, BatchNorm statistics over all processes (SyncBatchNorm); a no-op "
+                        "with one process, refused on CPU processes (default: off, per-process statistics)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on with CUDA)")
     g.add_argument("--workers", type=int, default=None, help="data loader workers (default: 2 on CPU, 4 on GPU)")
@@ -122,12 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     table_path = Path(args.latency_table)
     space = _space(args, table_path)
     out_dir = Path(args.out_dir or f"runs/search_{space.name}_T{args.target:g}")
+    settings = _settings(args, space, dist, out_dir)  # checks --batch-size and --sync-bn before anything is written
     log = setup_logging(out_dir / "search.log", dist.is_main, dist.rank)
     table, costs = _table_and_costs(args, table_path, space, dist, log)
-    settings = _settings(args, space, dist, out_dir)
     on_gpu = dist.device.type == "cuda"
     if dist.is_main:
-        _print_start(log, space, table, table_path, costs, settings, on_gpu)
+        _print_start(log, space, table, table_path, costs, settings, on_gpu, dist)
     from nas.searcher import Searcher
 
     searcher = Searcher(space, costs, settings, dist, log, {**table.meta, "path": str(table_path)})
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         changed = searcher.load_checkpoint(ckpt)
         log.info(f"resumed from {ckpt} at epoch {searcher.epoch}" + (f"; changed: {', '.join(changed)}"
                                                                      if changed else ""))
+    _check_arch_steps(searcher, settings)
     result = searcher.run()
     if dist.is_main:
         _print_result(log, result, args, table, table_path, costs.unit, out_dir, on_gpu)
@@ -155,6 +161,21 @@ def _check_options(args: argparse.Namespace) -> None:
     if fit < 0 or held_out < 0 or 0 < fit < 3:
         raise FaceNASError(f"--calibration-networks needs 0 or at least 3 fitting networks and >= 0 held out, got "
                            f"{fit} {held_out}")
+
+
+def _check_arch_steps(searcher, settings) -> None:
+    """A search epoch with fewer weight steps than --arch-every would run no architecture step: refuse it up front."""
+    if searcher.epoch >= settings.warmup_epochs + settings.search_epochs or settings.search_epochs == 0:
+        return
+    steps, images = searcher.steps_per_epoch()
+    if steps >= settings.arch_every:
+        return
+    cap = f", --max-steps-per-epoch {settings.max_steps_per_epoch}" if settings.max_steps_per_epoch else ""
+    raise FaceNASError(
+        f"--arch-every {settings.arch_every} but a search epoch has only {steps} weight step(s) ({images} training "
+        f"images, batch {settings.batch_size} = {settings.world_size} process(es) x {settings.batch_per_process}"
+        f"{cap}), so the search would run no architecture step at all; use --arch-every {max(1, steps)} or less, or "
+        "more steps per epoch (a smaller --batch-size, a larger --max-steps-per-epoch, more training images)")
 
 
 def _space(args: argparse.Namespace, table_path: Path):
@@ -216,6 +237,7 @@ def _table_and_costs(args: argparse.Namespace, table_path: Path, space, dist, lo
 
 def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
     """Search settings: the CPU quick run or thesis scale, under what the command line gave."""
+    from engine.distributed import split_batch, sync_batchnorm_applies
     from models.search_space import PRESETS
     from nas.searcher import SearchSettings
 
@@ -224,13 +246,19 @@ def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
     base = dict(THESIS, batch_size=preset["batch"]) if on_gpu else dict(CPU_QUICK)
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else base.get(k) for k in
               ("img_size", "batch_size", "warmup_epochs", "search_epochs", "arch_lr", "lr", "max_steps_per_epoch")}
+    per_process = split_batch(chosen["batch_size"], dist)
+    if args.sync_bn:
+        sync_batchnorm_applies(dist)  # refuses CPU processes now, not at the first step
+    if args.arch_every < 1:
+        raise FaceNASError(f"--arch-every must be >= 1, got {args.arch_every}")
     return SearchSettings(
         target=args.target, lam=args.lam if args.lam is not None else preset["lambda"], p1=args.p1,
         loss_form=args.loss_form, two_path=not args.single_path, arch_every=args.arch_every,
         momentum=args.momentum, weight_decay=args.weight_decay, holdout_fraction=args.holdout_fraction,
         seed=args.seed, workers=args.workers if args.workers is not None else (4 if on_gpu else 2),
         amp=args.amp if args.amp is not None else on_gpu, device=str(dist.device), data_root=args.data_root,
-        out_dir=str(out_dir), progress=not args.no_progress, save_every=args.save_every, derive=args.derive,
+        out_dir=str(out_dir), progress=not args.no_progress, save_every=args.save_every,
+        world_size=dist.world_size, batch_per_process=per_process, sync_bn=args.sync_bn, derive=args.derive,
         tolerance=args.tolerance, **chosen)
 
 
@@ -257,10 +285,12 @@ def _print_result(log, result: dict, args: argparse.Namespace, table, table_path
     if not on_gpu:
         log.info("scale up: with WIDER FACE and GPUs run e.g. `torchrun --nproc_per_node 8 search.py "
                  f"--latency-table {table_path.name} --target {args.target:g} --data-root WIDER_ROOT` "
-                 "(thesis settings: 640 px, batch 32 per GPU, 40 warm-up + 120 search epochs, arch lr 1e-3)")
+                 "(thesis settings: 640 px, batch 32, 40 warm-up + 120 search epochs, arch lr 1e-3)")
 
 
-def _print_start(log, space, table, table_path, costs, settings, on_gpu: bool) -> None:
+def _print_start(log, space, table, table_path, costs, settings, on_gpu: bool, dist) -> None:
+    from engine.distributed import describe_world
+
     unit = costs.unit
     log.info(f"space {space.name} (preset {space.preset}): {len(costs.edges)} MixedEdges, "
              f"{sum(len(c) for c in costs.edges)} candidates, pre-stage {space.pre_stage}, "
@@ -277,6 +307,8 @@ def _print_start(log, space, table, table_path, costs, settings, on_gpu: bool) -
                     f"({costs.largest:.3f} {unit}): the latency loss then pulls every edge toward its most expensive "
                     "candidate, so expect a network near the largest (how near depends on the search length); "
                     "lower --target or use a wider space")
+    sync = ("on" if dist.world_size > 1 else "on, a no-op with one process") if settings.sync_bn else "off"
+    log.info(f"{describe_world(dist, settings.batch_size)}, SyncBatchNorm {sync}")
     log.info(f"settings ({'GPU' if on_gpu else 'CPU quick run'}): " + ", ".join(
         f"{k}={v}" for k, v in vars(settings).items() if k not in ("extra", "progress", "data_root", "out_dir")))
 

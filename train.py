@@ -47,7 +47,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # Settings that define a run: on --resume they come from the checkpoint unless given again.
 RUN_KEYS = ("model", "fpn_channels", "data_root", "img_size", "batch_size", "epochs", "decay_epochs", "decay_rate",
             "warmup_epochs", "lr", "momentum", "weight_decay", "grad_clip", "seed", "amp", "preset", "save_every",
-            "eval", "test_size", "max_steps_per_epoch")
+            "eval", "test_size", "max_steps_per_epoch", "sync_bn")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--epochs", type=int, default=None,
                        help="epochs (default: 250 mobile / 100 wide backbones with the recipe, 6 quick)")
     group.add_argument("--batch-size", type=int, default=None, metavar="B",
-                       help="images per step over all processes; divided among torchrun processes (default: 32 "
-                            "mobile / 24 wide with the recipe, 8 quick)")
+                       help="images per step over all processes, as in search.py; divided among torchrun processes, "
+                            "so it must be a multiple of their number (default: 32 mobile / 24 wide with the recipe, "
+                            "8 quick)")
     group.add_argument("--decay-epochs", type=int, nargs="*", default=None, metavar="E",
                        help="epochs (1-based, as in the recipe) after which the lr is multiplied by --decay-rate "
                             "(default: 190 220 mobile / 70 90 wide with the recipe, 5 quick)")
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-steps-per-epoch", type=int, default=0, metavar="N",
                        help="stop each epoch after N steps, for smoke tests and benchmarks; 0 = whole epoch "
                             "(default: 0)")
+    group.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+                       help="under torchrun on GPUs, BatchNorm statistics over all processes (SyncBatchNorm); a no-op "
+                            "with one process, refused on CPU processes (default: off, per-process statistics)")
     group.add_argument("--threads", type=int, default=0, metavar="N",
                        help="CPU threads for PyTorch per process; 0 = PyTorch's default (one per core). On a busy "
                             "machine 1 can be much faster (default: 0)")
@@ -294,13 +298,15 @@ def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
     import torch
 
     from engine.checkpoint import build_from_spec, model_spec, resume_training
-    from engine.distributed import barrier
+    from engine.distributed import barrier, convert_sync_batchnorm, split_batch, sync_batchnorm_applies
     from engine.loaders import make_loader, resolve_data_root
     from engine.run_log import setup_logging
     from engine.trainer import StepSchedule
 
-    if args.batch_size % dist_info.world_size:
-        raise FaceNASError(f"--batch-size {args.batch_size} is not divisible by the {dist_info.world_size} processes")
+    # recorded with the run (checkpoint "args", train.log); not options, so config.yaml leaves them out
+    args.world_size, args.batch_per_process = dist_info.world_size, split_batch(args.batch_size, dist_info)
+    if args.sync_bn:
+        sync_batchnorm_applies(dist_info)  # refuses CPU processes before anything is written
     out_dir = Path(args.out_dir) if args.out_dir else (resume_path.parent if resume_path else _default_out_dir(args))
     args.out_dir = str(out_dir)
     if resume_path is None and (out_dir / "last.pth").exists():
@@ -332,8 +338,10 @@ def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
     from data.widerface import WiderFaceDetection
 
     dataset = WiderFaceDetection(data_root, "train", TrainTransform(args.img_size), seed=args.seed)
-    loader = make_loader(dataset, args.batch_size // dist_info.world_size, dist_info, shuffle=True, seed=args.seed,
+    loader = make_loader(dataset, args.batch_per_process, dist_info, shuffle=True, seed=args.seed,
                          workers=args.workers)
+    if args.sync_bn:
+        detector = convert_sync_batchnorm(detector, dist_info)  # before DDP; same state-dict names as BatchNorm
     model: torch.nn.Module = detector
     if dist_info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[dist_info.device.index] if cuda
@@ -361,16 +369,20 @@ def _log_start(run: TrainingRun) -> None:
     if not dist_info.is_main:
         return
     steps = len(run.loader) if not args.max_steps_per_epoch else min(len(run.loader), args.max_steps_per_epoch)
-    per_process = args.batch_size // dist_info.world_size
+    from engine.distributed import describe_world
+
     write_config(run.out_dir / "config.yaml", {k: v for k, v in vars(args).items()
-                                               if k not in ("preset_used", "recipe")})
+                                               if k not in ("preset_used", "recipe", "world_size",
+                                                            "batch_per_process")})
     how = f"resuming from {run.resume_path} at epoch {run.start_epoch + 1}" if run.resume_path else "new run"
     run.log.info(f"train.py: RetinaFace + {args.model} ({run.spec['model_name'] or 'arch file'}), FPN "
                  f"{args.fpn_channels}, {how}")
     auto = " (auto: " + ("GPU found)" if run.cuda else "no GPU, CPU-sized run; --preset recipe for the full "
                                                       "RetinaFace recipe)") if args.preset == "auto" else ""
-    run.log.info(f"preset {args.preset_used}{auto}: {args.epochs} epochs x {steps} steps, batch {args.batch_size} "
-                 f"({dist_info.world_size} process(es) x {per_process}), {args.img_size} px, SGD lr {args.lr:g} "
+    sync = ("on" if dist_info.world_size > 1 else "on, a no-op with one process") if args.sync_bn else "off"
+    run.log.info(f"{describe_world(dist_info, args.batch_size)}, SyncBatchNorm {sync}")
+    run.log.info(f"preset {args.preset_used}{auto}: {args.epochs} epochs x {steps} steps, batch {args.batch_size}, "
+                 f"{args.img_size} px, SGD lr {args.lr:g} "
                  f"momentum {args.momentum:g} wd {args.weight_decay:g}, x{args.decay_rate:g} after epochs "
                  f"{args.decay_epochs}, warm-up {args.warmup_epochs:g} epochs")
     if args.preset == "auto" and args.preset_used == "quick" and args.data_root:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -464,24 +464,35 @@ def write_prediction_file(pred_dir: str | os.PathLike, event: str, name: str, bo
     return path
 
 
-def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None = None) -> None:
-    """Plot the three precision-recall curves of an evaluation result to a PNG (atomic write).
+def plot_pr_curves(results: Mapping | Sequence[tuple[str, Mapping]], path: str | os.PathLike,
+                   title: str | None = None) -> None:
+    """Precision-recall curves as the official WIDER FACE toolbox draws them: one panel per setting (Easy, Medium,
+    Hard), one curve per prediction folder, labelled with its AP and listed best first. PNG, atomic write.
 
     Args:
-        result: Output of :func:`evaluate_folder` / :func:`evaluate_predictions`.
-        path: Output ``.png`` file.
-        title: Figure title; default "WIDER FACE val".
+        results: one result of :func:`evaluate_folder` / :func:`evaluate_predictions`, or ``(label, result)`` pairs
+            to overlay (e.g. one per model).
+        path: output ``.png`` file.
+        title: figure title, e.g. the model; default "WIDER FACE val" followed by the labels.
     """
+    runs = [("predictions", results)] if isinstance(results, Mapping) else list(results)
+    if not runs:
+        raise FaceNASError("plot_pr_curves: no results to plot")
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    for setting in SETTINGS:
-        curve = result["curves"][setting]
-        ax.plot(curve["recall"], curve["precision"], label=f"{setting.capitalize()}: {100 * result[setting]:.2f}%")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title or "WIDER FACE val")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5.2 * len(SETTINGS), 5.0), sharey=True)
+    for ax, setting in zip(axes, SETTINGS):
+        for label, result in sorted(runs, key=lambda run: -np.nan_to_num(run[1][setting], nan=-1.0)):
+            curve = result["curves"][setting]
+            ax.plot(curve["recall"], curve["precision"], lw=1.6, label=f"{label} (AP {100 * result[setting]:.2f}%)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        faces = runs[0][1].get("face_counts", {}).get(setting)
+        ax.set_title(setting.capitalize() + (f" ({faces} faces)" if faces is not None else ""))
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    axes[0].set_ylabel("precision")
+    names = ", ".join(label for label, _ in runs)
+    fig.suptitle(title or f"WIDER FACE val: {names}")
+    fig.tight_layout()
     save_figure(fig, path, tight=True)

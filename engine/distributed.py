@@ -144,6 +144,57 @@ def broadcast_object(obj: object, info: DistInfo, src: int = 0) -> object:
     return holder[0]
 
 
+def split_batch(batch_size: int, info: DistInfo, option: str = "--batch-size") -> int:
+    """Images per process of a global batch: ``batch_size`` is over all processes and must divide evenly.
+
+    Raises:
+        FaceNASError: when the batch does not divide among the processes.
+    """
+    if batch_size < 1:
+        raise FaceNASError(f"{option} must be >= 1, got {batch_size}")
+    if batch_size % info.world_size:
+        raise FaceNASError(f"{option} {batch_size} is the batch over all processes and must divide evenly among the "
+                           f"{info.world_size} processes; use a multiple of {info.world_size}")
+    return batch_size // info.world_size
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``--sync-bn``: every BatchNorm of ``model`` computes its batch statistics over all processes (call before DDP).
+
+    A one-process run has nothing to synchronise and gets ``model`` back unchanged. PyTorch's ``SyncBatchNorm`` runs
+    on GPUs only, so a multi-process CPU (gloo) run is refused rather than failing at the first training step. The
+    converted layers keep BatchNorm's state-dict names, so checkpoints load into the plain model.
+
+    Raises:
+        FaceNASError: several processes on the CPU.
+    """
+    if not sync_batchnorm_applies(info):
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def sync_batchnorm_applies(info: DistInfo) -> bool:
+    """Whether ``--sync-bn`` changes anything in this job: False with one process; an error for CPU processes.
+
+    Raises:
+        FaceNASError: several processes on the CPU (``SyncBatchNorm`` has no CPU implementation).
+    """
+    if info.world_size <= 1:
+        return False
+    if info.device.type != "cuda":
+        raise FaceNASError(f"--sync-bn needs CUDA processes: PyTorch's SyncBatchNorm runs on GPUs only, and these "
+                           f"{info.world_size} processes run on {info.device.type} ({info.backend or 'no backend'}); "
+                           "drop --sync-bn")
+    return True
+
+
+def describe_world(info: DistInfo, batch_size: int) -> str:
+    """One log line: world size, backend and the split of the global batch."""
+    per_process = batch_size // max(1, info.world_size)
+    backend = f", {info.backend}" if info.backend else ""
+    return f"world size {info.world_size}{backend}: batch {batch_size} = {info.world_size} x {per_process} per process"
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a ``DistributedDataParallel`` (or ``torch.compile``) wrapper."""
     while True:

@@ -5,8 +5,9 @@ depends on torch alone and is embedded into that script by ``tools/build_profile
 stale). For that reason the small conv/SE modules below use plain ``torch.nn`` rather than ``timm.layers``; their
 parameter names follow timm's ``SEModule`` / ``EffectiveSEModule`` so that a test can check them against timm.
 
-Layout of a block: ``body`` (conv + BN [+ act] units, SE where it belongs) -> ``+ shortcut(x)`` -> ``act`` (only for
-families whose activation follows the residual sum: BL, KK, KK_Mid).
+Layout of a block: ``body`` (conv + BN [+ act] units, SE where it belongs) -> [``drop_path``] -> ``+ shortcut(x)`` ->
+``act`` (only for families whose activation follows the residual sum: BL, KK, KK_Mid). ``drop_path`` (stochastic
+depth) exists only on blocks with an identity shortcut and a rate above 0; the latency tables never see it (eval).
 """
 from __future__ import annotations
 
@@ -137,15 +138,42 @@ def make_shortcut(kind: str, cin: int, cout: int) -> nn.Module | None:
     return nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), ConvBnAct(cin, cout, 1))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al.): in training, zero a sample's residual branch with probability ``rate``.
+
+    The kept branches are scaled by ``1 / (1 - rate)`` so the expected output stays the same; in eval mode it is the
+    identity. Written here instead of importing ``timm.layers.DropPath`` because this file must stay torch-only.
+    """
+
+    def __init__(self, rate: float):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        # one draw per sample, broadcast over channels and space
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
 class Block(nn.Module):
     """One block of the search space, built from its spec (the input channels may come from the spec or the caller).
 
     Args:
         spec: the block; ``spec.cin`` is used unless ``cin`` is given.
         cin: input channels when the spec does not state them.
+        drop_path: stochastic-depth rate of the residual branch; used only with an identity shortcut (a block that
+            changes shape, or has no shortcut, has no branch to drop).
     """
 
-    def __init__(self, spec: BlockSpec, cin: int | None = None):
+    def __init__(self, spec: BlockSpec, cin: int | None = None, drop_path: float = 0.0):
         super().__init__()
         cin = spec.cin if cin is None else cin
         if cin is None:
@@ -155,9 +183,12 @@ class Block(nn.Module):
         self.body = nn.Sequential(*layers)
         self.shortcut = make_shortcut(self.spec.shortcut, cin, self.spec.cout)
         self.act = make_act(self.spec.act) if act_after_sum else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 and self.spec.shortcut == "identity" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
         return self.act(out)

@@ -3,7 +3,11 @@
 ``import models`` registers every entrypoint below, so ``timm.create_model('facenas_r12_v3_hs', features_only=True)``
 works. The architectures are data: the tables of the thesis live in ``models/archs/*.json``; the variants the thesis
 derives from them (V2/V3 pre-stage, _HS activations, SE kinds; sections 4.1-4.3) are built by the small recipes
-below. ``facenas_arch`` builds any architecture file: ``timm.create_model('facenas_arch', arch='arch.json')``.
+below. ``facenas_arch`` builds any architecture file: ``timm.create_model('facenas_arch', arch='arch.json')``
+(without ``arch`` the RetinaFace mobile0.25 backbone, see its docstring).
+
+The default cfgs are written for timm's RGB transforms (mean/std, squash resize, ``pool_size``); the project's own
+pipelines stay BGR, so train.py checkpoints want ``x.flip(1)`` after a timm transform (README, weights/README.md).
 
 Local weights: ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='ckpt.pth'))`` loads a
 FaceNAS backbone or detector checkpoint; keys and shapes are checked against the architecture (``weights/README.md``).
@@ -30,9 +34,14 @@ from utils.errors import FaceNASError
 __all__ = ["ALIASES", "ZOO", "published_arch", "resolve_model_name"]
 
 ARCH_DIR = Path(__file__).parent / "archs"
-# RetinaFace feeds OpenCV BGR images minus BGR_MEAN without scaling; in timm's terms (x/255 - mean) / std.
-RETINAFACE_MEAN = tuple(v / 255 for v in BGR_MEAN)
+# RetinaFace feeds 0-255 pixels minus its mean colour, unscaled. timm's eval transform gives (x / 255 - mean) / std on
+# an RGB image, so mean = RetinaFace's mean / 255 in RGB order and std = 1 / 255 give 255 x - mean, the same numbers.
+# The project's own pipelines (data/augment.py) stay BGR, so checkpoints trained by train.py take BGR input: a timm
+# pipeline feeding them flips the channels (x.flip(1)).
+RETINAFACE_MEAN = tuple(v / 255 for v in reversed(BGR_MEAN))  # RGB order: 123, 117, 104 over 255
 RETINAFACE_STD = (1 / 255, 1 / 255, 1 / 255)
+INPUT_SIZE = 640  # trained and searched at 640x640 (thesis 3.7)
+OUTPUT_STRIDE = 32
 
 
 # ------------------------------------------------------------------------------------------ variant recipes
@@ -138,9 +147,10 @@ def _cfg(description: str, **kwargs: Any) -> dict[str, Any]:
     return {
         "url": "",
         "num_classes": 0,
-        "input_size": (3, 640, 640),
-        "pool_size": None,
+        "input_size": (3, INPUT_SIZE, INPUT_SIZE),
+        "pool_size": (INPUT_SIZE // OUTPUT_STRIDE, INPUT_SIZE // OUTPUT_STRIDE),
         "crop_pct": 1.0,
+        "crop_mode": "squash",  # with crop_pct 1.0 timm's eval transform is a plain resize to input_size, no crop
         "interpolation": "bilinear",
         "mean": RETINAFACE_MEAN,
         "std": RETINAFACE_STD,
@@ -149,8 +159,11 @@ def _cfg(description: str, **kwargs: Any) -> dict[str, Any]:
         "license": "mit",  # FaceNAS code (LICENSE); no pretrained weights are shipped
         "description": description,
         "paper_name": "FaceNAS: latency-constrained NAS for RetinaFace backbones (thesis, 2023)",
-        "notes": ("input is OpenCV BGR minus (104, 117, 123), as RetinaFace; mean/std are listed in BGR order",
-                  "trained and searched at 640x640 (thesis 3.7)"),
+        "notes": ("mean/std are in RGB order and make timm's transforms give 255 x - (123, 117, 104), RetinaFace's "
+                  "input; the whole image is resized (squashed) to input_size, no crop",
+                  "checkpoints trained by FaceNAS's train.py take BGR channel order (OpenCV, as RetinaFace): flip "
+                  "the channels of a timm pipeline's tensor (x.flip(1)) before feeding them",
+                  "trained and searched at 640x640 (thesis 3.7); the detector runs at any size"),
         **kwargs,
     }
 
@@ -178,7 +191,8 @@ DESCRIPTIONS = {
     "facenas_j15": "J15, Jetson Nano (Table 50)",
     "facenas_j15_hs": "J15_HS, final Jetson Nano network, 37.5 ms [1,640,640] (Table 53)",
     "facenas_mobilenetv1_025": "RetinaFace MobileNetV1-0.25 backbone ('mobile0.25') as a FaceNAS arch",
-    "facenas_arch": "any FaceNAS architecture file: create_model('facenas_arch', arch='arch.json')",
+    "facenas_arch": "any FaceNAS architecture: create_model('facenas_arch', arch='arch.json'); without arch the "
+                    "RetinaFace MobileNetV1-0.25 backbone",
 }
 default_cfgs = generate_default_cfgs({name: _cfg(text) for name, text in DESCRIPTIONS.items()})
 
@@ -189,9 +203,12 @@ def _checkpoint_filter(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
     if any(k.startswith("backbone.") for k in state_dict):
         state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     own = model.state_dict()
+    # a classifier travels only to a model with the same classifier (save_for_hf of a classification model); the
+    # detector and other class counts take the backbone alone
+    head_fits = all(k in own and own[k].shape == v.shape for k, v in state_dict.items() if k.startswith("head."))
     # detector checkpoints hold timm's features_only names (stem_0.*, stages_1.*): map them back (stem.0.*, ...)
     state_dict = {k if k in own else k.replace("_", ".", 1): v for k, v in state_dict.items()
-                  if not k.startswith("head.")}
+                  if head_fits or not k.startswith("head.")}
     check_state_dict(model, state_dict)
     return state_dict
 
@@ -199,6 +216,7 @@ def _checkpoint_filter(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
 def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Raise :class:`FaceNASError` when ``state_dict`` does not fit ``model`` (missing, unexpected, wrong shapes)."""
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}  # the classifier is optional
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     wrong = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
@@ -244,14 +262,28 @@ for _name in ZOO:
     globals()[_variant] = register_model(_zoo_entrypoint(_variant, _name))
 
 
+#: What ``facenas_arch`` builds without ``arch=``: the RetinaFace baseline every FaceNAS comparison starts from.
+DEFAULT_ARCH = "mobilenetv1_0.25"
+
+
 @register_model
 def facenas_arch(pretrained: bool = False, arch: str | Path | dict | Arch | None = None,
                  **kwargs: Any) -> FaceNASBackbone:
-    """Any FaceNAS architecture: ``arch`` is a JSON file path (e.g. a search's ``arch.json``), a dict or an Arch."""
+    """Any FaceNAS architecture: ``arch`` is a JSON file path (e.g. a search's ``arch.json``), a dict or an Arch.
+
+    Without ``arch`` it builds the RetinaFace MobileNetV1-0.25 backbone (:data:`DEFAULT_ARCH`, the same network as
+    ``facenas_mobilenetv1_025``). timm lists every registered model and builds each with its defaults (its tests,
+    ``timm.list_models()`` users, benchmark scripts), so an entrypoint that fails without arguments is a broken model;
+    and it cannot be left unregistered, because ``create_model('local-dir:DIR')`` of a saved architecture needs the
+    name. The saved config of ``timm.models.save_for_hf`` carries the architecture itself (``model_args.arch``, see
+    ``FaceNASBackbone._model_args``), not the path it came from, so the folder loads on any machine.
+    """
     if arch is None:
-        raise FaceNASError("facenas_arch needs arch=PATH (an architecture JSON file such as OUT/arch.json)")
-    if isinstance(arch, (str, Path)):
+        arch = published_arch(DEFAULT_ARCH)
+    elif isinstance(arch, (str, Path)):
         arch = Arch.load(arch)
     elif isinstance(arch, dict):
-        arch = Arch.from_dict(arch)
+        arch = Arch.from_dict(arch, "facenas_arch(arch=...)")
+    elif not isinstance(arch, Arch):
+        raise FaceNASError(f"facenas_arch: arch must be a JSON file path, a dict or an Arch, not {type(arch).__name__}")
     return _create("facenas_arch", arch, pretrained, **kwargs)

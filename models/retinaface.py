@@ -25,19 +25,26 @@ def default_fpn_channels(in_channels: list[int]) -> int:
 
 
 class FPN(nn.Module):
-    """Feature pyramid: 1x1 laterals, nearest upsample + add, 3x3 merge on the two finer levels."""
+    """RetinaFace's 3-level feature pyramid: 1x1 laterals, nearest upsample + add, 3x3 merge on the two finer levels.
+
+    The top-down pass is written out level by level: TorchScript indexes a ``ModuleList`` only by a literal.
+    """
 
     def __init__(self, in_channels: list[int], out_channels: int):
         super().__init__()
+        if len(in_channels) != 3:
+            raise ValueError(f"the FPN takes 3 backbone levels, got {len(in_channels)}")
         act = "LR" if out_channels <= 64 else "RE"
         self.lateral = nn.ModuleList(ConvBnAct(c, out_channels, 1, act=act) for c in in_channels)
         self.merge = nn.ModuleList(ConvBnAct(out_channels, out_channels, 3, act=act) for _ in in_channels[:-1])
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        outs = [lateral(f) for lateral, f in zip(self.lateral, features)]
-        for i in range(len(outs) - 2, -1, -1):
-            upsampled = F.interpolate(outs[i + 1], size=outs[i].shape[-2:], mode="nearest")
-            outs[i] = self.merge[i](outs[i] + upsampled)
+        outs: list[torch.Tensor] = []
+        for i, lateral in enumerate(self.lateral):
+            outs.append(lateral(features[i]))
+        # coarsest first: stride 16 takes the upsampled stride 32, then stride 8 the merged stride 16
+        outs[1] = self.merge[1](outs[1] + F.interpolate(outs[2], size=outs[1].shape[-2:], mode="nearest"))
+        outs[0] = self.merge[0](outs[0] + F.interpolate(outs[1], size=outs[0].shape[-2:], mode="nearest"))
         return outs
 
 
@@ -97,15 +104,26 @@ class RetinaFace(nn.Module):
         self.class_head = nn.ModuleList(Head(self.fpn_channels, anchors, 2) for _ in range(3))
         self.box_head = nn.ModuleList(Head(self.fpn_channels, anchors, 4) for _ in range(3))
         self.landmark_head = nn.ModuleList(Head(self.fpn_channels, anchors, 10) for _ in range(3))
-        self._priors: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._priors = {}  # (image size, device) -> priors; unannotated so TorchScript leaves it alone
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw outputs: box regressions (B, P, 4), class logits (B, P, 2), landmark regressions (B, P, 10)."""
-        features = [ssh(f) for ssh, f in zip(self.ssh, self.fpn(list(self.backbone(images))))]
-        loc = torch.cat([head(f) for head, f in zip(self.box_head, features)], dim=1)
-        logits = torch.cat([head(f) for head, f in zip(self.class_head, features)], dim=1)
-        landmarks = torch.cat([head(f) for head, f in zip(self.landmark_head, features)], dim=1)
-        return loc, logits, landmarks
+        """Raw outputs: box regressions (B, P, 4), class logits (B, P, 2), landmark regressions (B, P, 10).
+
+        Loops run over the module lists with ``enumerate`` (not ``zip``) so that ``torch.jit.script`` takes them.
+        """
+        levels = self.fpn(list(self.backbone(images)))
+        for i, ssh in enumerate(self.ssh):
+            levels[i] = ssh(levels[i])
+        loc: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
+        landmarks: list[torch.Tensor] = []
+        for i, head in enumerate(self.box_head):
+            loc.append(head(levels[i]))
+        for i, head in enumerate(self.class_head):
+            logits.append(head(levels[i]))
+        for i, head in enumerate(self.landmark_head):
+            landmarks.append(head(levels[i]))
+        return torch.cat(loc, dim=1), torch.cat(logits, dim=1), torch.cat(landmarks, dim=1)
 
     def priors(self, image_size: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Priors for an input size, cached per (size, device)."""

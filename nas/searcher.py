@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from engine.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
-from engine.distributed import DistInfo, all_reduce_mean, barrier, broadcast_object
+from engine.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    convert_sync_batchnorm,
+    split_batch,
+)
 from engine.loaders import make_loader, resolve_data_root, set_epoch, split_holdout
 from engine.trainer import compute_loss, format_losses, train_step
 from latency.predict import EdgeCosts
@@ -40,13 +47,19 @@ from utils.progress import Progress
 
 CHECKPOINT_FORMAT = "facenas-search/1"
 # settings a resumed search may change (the thesis resumes from warm-up to try other targets or lambdas)
+# (the global batch stays; the number of processes, and with it the per-process share, may change)
 RESUMABLE_CHANGES = {"target", "lam", "p1", "loss_form", "arch_lr", "search_epochs", "two_path", "arch_every",
-                     "out_dir", "workers", "progress", "resume", "device", "amp", "save_every", "derive", "tolerance"}
+                     "out_dir", "workers", "progress", "resume", "device", "amp", "save_every", "world_size",
+                     "batch_per_process", "sync_bn", "derive", "tolerance"}
 
 
 @dataclass
 class SearchSettings:
-    """Everything a search run depends on (printed at start, stored in checkpoints and in ``arch.json``)."""
+    """Everything a search run depends on (printed at start, stored in checkpoints and in ``arch.json``).
+
+    ``batch_size`` is the batch of one weight step over all processes; ``world_size`` and ``batch_per_process`` are
+    filled in by :class:`Searcher` from the job it runs in.
+    """
 
     target: float
     lam: float = 7.0
@@ -74,6 +87,9 @@ class SearchSettings:
     progress: bool = True
     save_every: int = 0
     fpn_channels: int | None = None
+    world_size: int = 1
+    batch_per_process: int = 0
+    sync_bn: bool = False
     derive: str = "budget"
     tolerance: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)
@@ -96,9 +112,13 @@ class Searcher:
         self.space, self.costs, self.s, self.dist, self.log = space, costs, settings, dist, log
         self.table_meta = table_meta or {}
         self.out = Path(settings.out_dir)
+        settings.world_size = dist.world_size
+        settings.batch_per_process = split_batch(settings.batch_size, dist)
         torch.manual_seed(settings.seed)
         self.net = SuperNet(space, settings.alpha_init_std)
         self.detector = RetinaFace(self.net, self.net.channels, settings.fpn_channels).to(dist.device)
+        if settings.sync_bn:
+            self.detector = convert_sync_batchnorm(self.detector, dist)
         self.model: nn.Module = self.detector
         if dist.distributed:
             ignored = [f"backbone.{name}" for name in self.net.arch_parameter_names()]
@@ -119,9 +139,13 @@ class Searcher:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.epoch = 0  # next epoch to run
         self.history: list[dict[str, Any]] = []
+        self._data: tuple[Any, Any] | None = None
 
     # -------------------------------------------------------------------------------------------------- data
     def _loaders(self) -> tuple[Any, Any]:
+        """Training and held-out loaders (built once), each process taking its share of the global batch."""
+        if self._data is not None:
+            return self._data
         from data.augment import TrainTransform, ValTransform
         from data.widerface import WiderFaceDetection
 
@@ -130,11 +154,19 @@ class Searcher:
         train_set = WiderFaceDetection(root, "train", TrainTransform(self.s.img_size), seed=self.s.seed)
         held_set = WiderFaceDetection(root, "train", ValTransform(self.s.img_size, mirror=True), seed=self.s.seed + 1)
         train_idx, held_idx = split_holdout(len(train_set), self.s.holdout_fraction, self.s.seed)
-        train = make_loader(train_set, self.s.batch_size, self.dist, seed=self.s.seed, workers=self.s.workers,
+        per_process = self.s.batch_size // self.dist.world_size
+        train = make_loader(train_set, per_process, self.dist, seed=self.s.seed, workers=self.s.workers,
                             subset=train_idx)
-        held = make_loader(held_set, self.s.batch_size, self.dist, seed=self.s.seed + 1, workers=self.s.workers,
+        held = make_loader(held_set, per_process, self.dist, seed=self.s.seed + 1, workers=self.s.workers,
                            subset=held_idx)
-        return train, held
+        self._data = train, held
+        return self._data
+
+    def steps_per_epoch(self) -> tuple[int, int]:
+        """Weight steps per epoch (after ``max_steps_per_epoch``) and the training images they draw from."""
+        train, _ = self._loaders()
+        steps = len(train) if self.s.max_steps_per_epoch is None else min(len(train), self.s.max_steps_per_epoch)
+        return steps, len(train.sampler.indices) if hasattr(train.sampler, "indices") else len(train.dataset)
 
     # ------------------------------------------------------------------------------------------------- paths
     def _sample(self, kind: str) -> list[tuple[int, tuple[int, ...]]]:
@@ -349,7 +381,12 @@ class Searcher:
         arch = self.space.arch_from_choices(chosen.choices, f"{self.space.name}_T{self.s.target:g}", meta)
         if self.dist.is_main:
             arch.save(self.out / "arch.json")
-            _plot_history(self.history, self.s.target, self.costs.unit, self.out / "search.png")
+            device = self.table_meta.get("device_name") or self.table_meta.get("device") or "unknown device"
+            unit, metric = self.costs.unit, self.table_meta.get("metric", "latency")
+            title = (f"FaceNAS search of space {self.space.name}: target {self.s.target:g} {unit} ({metric} on "
+                     f"{device}); derived ({self.s.derive}) {chosen.predicted:.4g} {unit}")
+            _plot_history(self.history, self.s.target, self.costs.unit, self.out / "search.png", title,
+                          self.s.warmup_epochs)
         return {"arch": arch, "predicted": chosen.predicted, "target": self.s.target, "budget": budget,
                 "argmax": argmax}
 
@@ -359,19 +396,36 @@ def _confidence(probs: list[list[float]]) -> float:
     return sum(max(p) for p in probs) / len(probs)
 
 
-def _plot_history(history: list[dict[str, Any]], target: float, unit: str, path: Path) -> None:
-    """Loss and cost curves per epoch, as PNG."""
+def _plot_history(history: list[dict[str, Any]], target: float, unit: str, path: Path, title: str,
+                  warmup_epochs: int) -> None:
+    """Loss and cost per epoch as a PNG a reader follows without the thesis: titled, warm-up shaded, epoch ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     epochs = [h["epoch"] + 1 for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(epochs, [h.get("total", math.nan) for h in history], label="detection loss (weight steps)")
-    ax1.set_xlabel("epoch")
-    ax1.legend()
-    ax2.plot(epochs, [h["expected_full"] for h in history], label="expected cost (formula 12)")
-    ax2.plot(epochs, [h["argmax_cost"] for h in history], label="argmax network")
-    ax2.axhline(target, color="k", linestyle="--", label="target")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel(unit)
-    ax2.legend()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    marker = "o" if len(epochs) <= 30 else None
+    ax1.plot(epochs, [h.get("total", math.nan) for h in history], marker=marker,
+             label="detection loss of the weight steps")
+    ax1.set_ylabel("loss (epoch mean)")
+    ax1.set_title("supernet training")
+    ax2.plot(epochs, [h["expected_full"] for h in history], marker=marker,
+             label="expected cost of the probabilities (formula 12)")
+    ax2.plot(epochs, [h["argmax_cost"] for h in history], marker=marker, label="most probable network (argmax)")
+    ax2.axhline(target, color="k", linestyle="--", label=f"target {target:g} {unit}")
+    ax2.set_ylabel(f"backbone cost ({unit})")
+    ax2.set_title("cost of the network being chosen")
+    last = max(epochs, default=1)
+    for ax in (ax1, ax2):
+        if warmup_epochs > 0:
+            # warm-up trains the weights on random paths; the architecture only moves from then on
+            ax.axvspan(0.5, min(warmup_epochs, last) + 0.5, color="0.85", zorder=0,
+                       label=f"warm-up ({warmup_epochs} epoch{'s' if warmup_epochs != 1 else ''}, weights only)")
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)

@@ -107,3 +107,25 @@ def test_detector_deploy_form_matches_within_1e_4() -> None:
     with torch.no_grad():
         for a, b in zip(detector(x), deployed(x.contiguous(memory_format=torch.channels_last))):
             torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["R12_V3_HS", "resnet50"])
+def test_detector_scripts_traces_and_exports(name: str, one_thread) -> None:
+    detector = models.build_detector(name).eval()
+    x = torch.randn(1, 3, 64, 80)
+    scripted = torch.jit.script(detector)
+    with torch.no_grad():
+        expected = detector(x)
+        for form in (scripted, torch.jit.trace(detector, x), torch.export.export(detector, (x,)).module()):
+            for a, b in zip(form(x), expected):
+                torch.testing.assert_close(a, b)
+        other = torch.randn(1, 3, 96, 64)  # the scripted detector at another input size
+        for a, b in zip(scripted(other), detector(other)):
+            torch.testing.assert_close(a, b)
+
+
+def test_fpn_takes_three_levels() -> None:
+    from models.retinaface import FPN
+
+    with pytest.raises(ValueError, match="3 backbone levels"):
+        FPN([16, 32], 64)

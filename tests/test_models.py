@@ -13,7 +13,6 @@ from models.backbone import deploy_form
 from utils.errors import FaceNASError
 
 FACENAS_MODELS = [m for m in timm.list_models("facenas_*") if m != "facenas_arch"]
-SMALL = (1, 3, 64, 64)
 
 
 def test_registry_holds_every_published_network() -> None:
@@ -25,23 +24,7 @@ def test_registry_holds_every_published_network() -> None:
     assert timm.is_model("facenas_arch")
 
 
-@pytest.mark.parametrize("name", FACENAS_MODELS)
-def test_forward_backward_and_default_cfg(name: str) -> None:
-    model = timm.create_model(name, num_classes=3)
-    x = torch.randn(*SMALL)
-    out = model(x)
-    assert out.shape == (1, 3)
-    out.sum().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad), "unused parameters"
-    cfg = model.pretrained_cfg
-    for field in ("input_size", "mean", "std", "first_conv", "classifier", "license", "interpolation"):
-        assert field in cfg and cfg[field] is not None, field
-    assert cfg["input_size"] == (3, 640, 640)
-    assert cfg["first_conv"] + ".weight" in model.state_dict()
-    assert tuple(round(m * 255) for m in cfg["mean"]) == (104, 117, 123)
-    assert model.state_dict()[cfg["first_conv"] + ".weight"].shape[1] == 3
-    model.reset_classifier(0)
-    assert model(x).shape == (1, model.num_features)
+# forward, backward, default cfgs, features and TorchScript of every registered model: tests/test_timm_api.py
 
 
 @pytest.mark.parametrize("name", FACENAS_MODELS)
@@ -53,15 +36,6 @@ def test_torch_export_matches_eager(name: str) -> None:
     with torch.no_grad():
         for a, b in zip(exported(x), model(x)):
             torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("name", FACENAS_MODELS)
-def test_features_only_levels(name: str) -> None:
-    model = timm.create_model(name, features_only=True)
-    assert model.feature_info.reduction() == [8, 16, 32]
-    outs = model(torch.randn(*SMALL))
-    assert [o.shape[1] for o in outs] == model.feature_info.channels()
-    assert [o.shape[-1] for o in outs] == [8, 4, 2]
 
 
 def test_feature_levels_are_stage2_stage3_and_last_conv() -> None:

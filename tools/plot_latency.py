@@ -35,18 +35,31 @@ _TITLES = {"MBV1": "MBV1Conv", "MBV2": "MBConv", "BL": "BottleNeckConv", "KK": "
            "DK": "DKConv", "Conv": "Conv (first/last)"}
 
 
+_SHORTCUTS = {"identity": "+identity", "conv": "+1x1 conv", "conv_pool": "+pool & 1x1 conv"}
+_ACTS = {"HS": "HardSwish", "RE": "ReLU"}
+
+#: What the legend entries say, printed under every figure (the thesis nomenclature in words).
+LEGEND_KEY = ("Legend: kernel size; 'stride 2' = the stage's first, downsampling block (its input width follows as "
+              "'from N ch'); 'expand xN' = MBConv expansion ratio; 'bottleneck /N' = BottleNeck width divisor; "
+              "SE / eSE = squeeze-excitation / effective SE; '+identity', '+1x1 conv', '+pool & 1x1 conv' = "
+              "residual shortcut (the last is ResNet-D's avg-pool + 1x1 conv), none listed = no shortcut; "
+              "activation LeakyReLU 0.1 unless HardSwish or ReLU is listed. Bars span p10..p90 of the samples.")
+
+
 def variant_label(spec: BlockSpec) -> str:
-    """Legend label of a block variant (everything but channels and size)."""
-    parts = [("S_" if spec.stride == 2 else "") + f"{spec.kernel}x{spec.kernel}"]
+    """Legend label of a block variant in words (everything but channels and size), e.g. ``3x3, expand x6, SE``."""
+    parts = [f"{spec.kernel}x{spec.kernel}"]
+    if spec.stride == 2:
+        parts.append("stride 2")
     if spec.expansion:
-        parts.append(f"r{spec.expansion}")
+        parts.append(f"bottleneck /{spec.expansion}" if spec.family == "BL" else f"expand x{spec.expansion}")
     if spec.se:
-        parts.append(spec.se)
-    if spec.act != "LR":
-        parts.append(spec.act)
+        parts.append({"se": "SE", "ese": "eSE"}.get(spec.se, spec.se))
+    if spec.act in _ACTS:
+        parts.append(_ACTS[spec.act])
     if spec.shortcut != "none":
-        parts.append({"identity": "Id", "conv": "1x1Conv", "conv_pool": "1x1ConvPool"}[spec.shortcut])
-    return " ".join(parts)
+        parts.append(_SHORTCUTS[spec.shortcut])
+    return ", ".join(parts)
 
 
 def series(table: TableFile, repeated_only: bool = False) -> dict[int, dict[str, dict[str, list]]]:
@@ -66,7 +79,7 @@ def series(table: TableFile, repeated_only: bool = False) -> dict[int, dict[str,
         if repeated_only and (spec.family == "Conv" or spec.stride != 1 or spec.cin != spec.cout):
             continue
         side = spec.out_size()[0]
-        label = variant_label(spec) + ("" if spec.stride == 1 or spec.family == "Conv" else f" from {spec.cin}ch")
+        label = variant_label(spec) + ("" if spec.stride == 1 or spec.family == "Conv" else f", from {spec.cin} ch")
         out.setdefault(side, {}).setdefault(spec.family, {}).setdefault(label, []).append((spec.cout, entry))
     for families in out.values():
         for variants in families.values():
@@ -90,7 +103,16 @@ def _draw_panel(ax, variants: dict[str, list[tuple[int, dict[str, Any]]]], value
     ax.set_ylabel(unit)
     ax.grid(True, alpha=0.3)
     if variants:
-        ax.legend(fontsize=6, loc="upper left")
+        # below the panel, never over the curves; a long list goes in two columns
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2 if len(variants) > 5 else 1,
+                  frameon=False, handlelength=1.5, columnspacing=1.0)
+
+
+def _add_legend_key(fig) -> None:
+    import textwrap
+
+    width = max(60, int(fig.get_figwidth() * 14))  # characters per line at fontsize 8
+    fig.text(0.01, 0.0, "\n".join(textwrap.wrap(LEGEND_KEY, width)), fontsize=8, va="top", ha="left")
 
 
 def plot_table(table: TableFile, out_dir: Path | None = None, grid: Path | None = None,
@@ -111,18 +133,20 @@ def plot_table(table: TableFile, out_dir: Path | None = None, grid: Path | None 
         out_dir.mkdir(parents=True, exist_ok=True)
         for side in sides:
             present = [f for f in families if f in data[side]]
-            fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.4), squeeze=False)
+            fig, axes = plt.subplots(1, len(present), figsize=(max(8.0, 3.8 * len(present)), 4.6), squeeze=False,
+                                     layout="constrained")
             for ax, family in zip(axes[0], present):
                 _draw_panel(ax, data[side][family], value, unit)
                 ax.set_title(_TITLES[family], fontsize=9)
-            fig.suptitle(f"blocks at {side}x{side} output - {where}", fontsize=10)
-            fig.tight_layout()
+            fig.suptitle(f"{_what(table)} of each block against its output channels, blocks with {side}x{side} "
+                         f"output\n{where}", fontsize=10)
+            _add_legend_key(fig)
             path = out_dir / f"latency_{side}x{side}.png"
-            save_figure(fig, path, dpi=110)
+            save_figure(fig, path, dpi=110, tight=True)
             written.append(path)
     if grid is not None:
-        fig, axes = plt.subplots(len(sides), len(families), figsize=(3.2 * len(families), 2.7 * len(sides)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(sides), len(families), figsize=(3.6 * len(families), 4.2 * len(sides)),
+                                 squeeze=False, layout="constrained")
         for row, side in enumerate(sides):
             for col, family in enumerate(families):
                 ax = axes[row][col]
@@ -133,13 +157,17 @@ def plot_table(table: TableFile, out_dir: Path | None = None, grid: Path | None 
                 if row == 0:
                     ax.set_title(_TITLES[family], fontsize=10)
                 if col == 0:
-                    ax.annotate(f"{side}x{side}", xy=(-0.38, 0.5), xycoords="axes fraction", rotation=90,
-                                va="center", fontsize=10, fontweight="bold")
-        fig.suptitle(f"block latency vs output channels per stage resolution - {where}", fontsize=12)
-        fig.tight_layout(rect=(0.02, 0, 1, 0.98))
-        save_figure(fig, grid, dpi=90)
+                    ax.set_ylabel(f"{side}x{side} output\n{unit}", fontsize=10)
+        fig.suptitle(f"{_what(table)} of each block against its output channels, one row per output resolution"
+                     f"\n{where}", fontsize=12)
+        _add_legend_key(fig)
+        save_figure(fig, grid, dpi=90, tight=True)
         written.append(grid)
     return written
+
+
+def _what(table: TableFile) -> str:
+    return "latency" if table.metric == "latency" else f"{table.metric} ({table.unit})"
 
 
 def plot_report(report_path: Path, out: Path) -> Path:
@@ -154,25 +182,26 @@ def plot_report(report_path: Path, out: Path) -> Path:
     ax.plot([0, top], [0, top], "k-", lw=0.8)
     for factor in (0.9, 1.1):
         ax.plot([0, top], [0, top * factor], "k:", lw=0.6)
-    for role, marker in (("validate", "o"), ("fit", "x")):
+    roles = {"validate": ("o", "held-out networks"), "fit": ("x", "networks the calibration was fitted on")}
+    for role, (marker, who) in roles.items():
         chosen = [n for n in nets if n["role"] == role]
         if not chosen:
             continue
         ax.scatter([n["measured_ms"] for n in chosen], [n["predicted_raw_ms"] for n in chosen], marker=marker,
-                   s=18, c="tab:gray", label=f"{role}: plain sum")
+                   s=18, c="tab:gray", label=f"{who}: sum of the table's block latencies")
         ax.scatter([n["measured_ms"] for n in chosen], [n["predicted_ms"] for n in chosen], marker=marker, s=18,
-                   c="tab:blue", label=f"{role}: calibrated (x{report['scale']:.3f} "
+                   c="tab:blue", label=f"{who}: calibrated sum (x{report['scale']:.3f} "
                    f"{report.get('offset_ms', 0.0):+.2f} ms)")
+    ax.plot([], [], "k:", lw=0.6, label="+-10% of the measured latency")
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.set_xlabel("measured backbone latency (ms)")
     ax.set_ylabel("predicted (ms)")
-    ax.set_title(f"{report.get('device_name', '')}, batch {report.get('batch')}, {report.get('resolution')} px; "
-                 "dotted: +-10%", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"predicted vs measured backbone latency\n{report.get('device_name', '')}, batch "
+                 f"{report.get('batch')}, {report.get('resolution')} px", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)  # off the points
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, out, dpi=110)
+    save_figure(fig, out, dpi=110, tight=True)
     return out
 
 
