@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nms and args.what != "detector":
         parser.error("--nms needs --what detector")
+    if args.checkpoint is not None and args.fpn_channels is not None:
+        parser.error("--fpn-channels is for --model; a checkpoint keeps the FPN width it was trained with")
     if min(args.size) < 1 or args.batch < 1:
         raise FaceNASError(f"--size and --batch must be positive, got {list(args.size)} and {args.batch}")
     if args.opset < 11:

@@ -103,9 +103,14 @@ def export_module_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: i
         options["dynamo"] = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer notes
-        with torch.no_grad():
-            torch.onnx.export(module, (torch.randn(tuple(input_shape)),), buffer, input_names=["input"],
-                              opset_version=int(opset), do_constant_folding=True, **options)
+        try:
+            with torch.no_grad():
+                torch.onnx.export(module, (torch.randn(tuple(input_shape)),), buffer, input_names=["input"],
+                                  opset_version=int(opset), do_constant_folding=True, **options)
+        except Exception as exc:  # noqa: BLE001 - an operator or opset this torch cannot export: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FaceNASError(f"ONNX export of {type(module).__name__} {list(input_shape)} at opset {opset} "
+                               f"failed: {first[:300]}") from None
     return buffer.getvalue()
 
 

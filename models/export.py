@@ -271,9 +271,14 @@ def export_onnx(model: nn.Module, kind: str, input_shape: Sequence[int] = (1, 3,
     with warnings.catch_warnings():
         # the exporter's deprecation notice and tracer notes about shape arithmetic (traced as ONNX ops here)
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(tuple(int(v) for v in input_shape)),), buffer,
-                          input_names=[INPUT_NAME], output_names=list(output_names), opset_version=int(opset),
-                          dynamic_axes=dynamic_axes(output_names, dynamic), do_constant_folding=True, **options)
+        try:
+            torch.onnx.export(module, (torch.zeros(tuple(int(v) for v in input_shape)),), buffer,
+                              input_names=[INPUT_NAME], output_names=list(output_names), opset_version=int(opset),
+                              dynamic_axes=dynamic_axes(output_names, dynamic), do_constant_folding=True, **options)
+        except Exception as exc:  # noqa: BLE001 - unsupported operators, opsets, shapes: one line for the user
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FaceNASError(f"ONNX export of {model_name or type(model).__name__} at opset {opset} failed: "
+                               f"{first[:300]}") from None
     proto = onnx.load_model_from_string(buffer.getvalue())
     meta = onnx_metadata(kind, model_name, nms_settings, dynamic, input_shape, opset, **(metadata or {}))
     for key, value in meta.items():
@@ -302,7 +307,11 @@ def ort_session(onnx_bytes: bytes, threads: int | None = None, providers: Sequen
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no notes about unused initialisers
-    return ort.InferenceSession(onnx_bytes, sess_options=options, providers=list(providers))
+    try:
+        return ort.InferenceSession(onnx_bytes, sess_options=options, providers=list(providers))
+    except Exception as exc:  # noqa: BLE001 - an opset or operator this ONNX Runtime lacks
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FaceNASError(f"ONNX Runtime {ort.__version__} cannot load the export ({first[:300]})") from None
 
 
 def _compare(name: str, ref: torch.Tensor, got: Any, tolerance: float) -> dict[str, Any]:

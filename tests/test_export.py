@@ -171,6 +171,7 @@ def test_a_failed_check_is_an_error_and_overwrites_nothing(tmp_path):
     (["--checkpoint", "missing.pth"], "missing.pth: checkpoint not found"),
     (["--model", "mobile0.25", "--opset", "9"], "--opset must be >= 11"),
     (["--model", "mobile0.25", "--nms", "--top-k", "0"], "top-k"),
+    (["--model", "mobile0.25", "--size", "64", "64", "--opset", "30"], "at opset 30 failed"),
 ])
 def test_bad_export_input_is_a_one_line_error(argv, message):
     with pytest.raises(FaceNASError, match=message):
@@ -183,8 +184,10 @@ def test_export_help_states_every_default():
         if action.option_strings and action.dest != "help":
             assert "default" in (action.help or ""), action.dest
     assert "--nms" in text and "--static" in text
-    with pytest.raises(SystemExit):
-        export.main(["--model", "mobile0.25", "--what", "backbone", "--nms"])
+    for argv in (["--model", "mobile0.25", "--what", "backbone", "--nms"],
+                 ["--checkpoint", "last.pth", "--fpn-channels", "64"]):
+        with pytest.raises(SystemExit):
+            export.main(argv)
 
 
 def test_exported_detector_scores_the_same_ap_as_the_checkpoint(tiny_root, run_dir):
