@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = [row for row in rows if not row["ok"]]
     if failed:
         first = failed[0]
+        what = first.get("note") or (f"max |ONNX - PyTorch| {first['max_abs_diff']:.3e}, scaled "
+                                     f"{first['scaled_diff']:.2e} > tolerance {args.tolerance:g}")
         raise FaceNASError(f"the ONNX export does not match PyTorch: {first['output']} on input "
-                           f"{'x'.join(map(str, first['input']))}: {first.get('note') or summary}; nothing written "
-                           f"to {out}")
+                           f"{'x'.join(map(str, first['input']))}: {what}; nothing written to {out}")
     atomic_write(out, lambda handle: handle.write(data))
     print(f"{summary}; wrote {out}")
     return 0
