@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("Run a checkpoint first (--checkpoint)")
     group.add_argument("--checkpoint", metavar="CKPT", default=None,
-                       help="train.py checkpoint to run over the val images of --data-root (default: none)")
+                       help="train.py checkpoint, or a detector exported by export.py (.onnx, run in ONNX Runtime "
+                            "with the same pre- and post-processing), to run over the val images of --data-root "
+                            "(default: none)")
     group.add_argument("--test-size", type=int, default=0, metavar="PX",
                        help="test scale: short side in pixels with the long side capped at --test-max-size; 0 = "
                             "original size, as in the thesis (default: 0)")
@@ -218,9 +220,12 @@ def _json_entry(result: dict, pred_dir: str | os.PathLike, gt_dir: str | os.Path
 
 
 def default_pred_dir(checkpoint: str | os.PathLike, test_size: int = 0) -> Path:
-    """Where ``--checkpoint`` mode writes predictions by default: ``CKPT_DIR/widerface_val[_sSIZE]``."""
+    """Where ``--checkpoint`` mode writes predictions by default: ``CKPT_DIR/widerface_val[_sSIZE]``, for an ONNX
+    export ``DIR/STEM_widerface_val[_sSIZE]`` (so it never replaces the checkpoint's own predictions)."""
     suffix = f"_s{test_size}" if test_size else ""
-    return Path(checkpoint).resolve().parent / f"widerface_val{suffix}"
+    path = Path(checkpoint).resolve()
+    prefix = f"{path.stem}_" if path.suffix.lower() == ".onnx" else ""
+    return path.parent / f"{prefix}widerface_val{suffix}"
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathLike | None = None,
@@ -231,7 +236,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
     """Run a checkpoint over the val images, write the official prediction layout, then score it.
 
     Args:
-        checkpoint: a train.py checkpoint.
+        checkpoint: a train.py checkpoint, or an ONNX detector written by export.py (``.onnx``, run in ONNX Runtime).
         data_root: dataset root (val images under ``val/images``); default the built-in dataset.
         pred_dir: output folder (default :func:`default_pred_dir`); existing files of the same images are replaced.
         gt_dir: ground-truth folder (default ``DATA_ROOT/ground_truth``).
@@ -247,9 +252,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
     import time
 
     from data.widerface import WiderFaceValImages
-    from engine.checkpoint import load_detector
     from engine.distributed import resolve_device
-    from engine.inference import EvalSettings, predict_to_folder
+    from engine.inference import EvalSettings, load_inference_model, predict_to_folder
 
     settings = settings or EvalSettings()
     if data_root is None:
@@ -258,13 +262,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
         data_root = ensure_builtin_dataset()
     gt = resolve_gt_dir(gt_dir, data_root)
     dev = resolve_device(device)
-    detector, ckpt = load_detector(checkpoint, dev)
+    detector, description = load_inference_model(checkpoint, dev)
     out = Path(pred_dir) if pred_dir is not None else default_pred_dir(checkpoint, settings.test_size)
     images = WiderFaceValImages(data_root, gt if (gt / "wider_face_val.mat").is_file() else None)
     scale = "original size" if not settings.test_size else f"short side {settings.test_size} px (long side <= " \
                                                            f"{settings.max_size})"
-    print(f"{checkpoint}: {ckpt.get('model')} (epoch {int(ckpt['epoch']) + 1}) on {dev}, {len(images)} val images at "
-          f"{scale}, score > {settings.score_threshold:g}, NMS {settings.nms_threshold:g} -> {out}")
+    print(f"{checkpoint}: {description} on {dev}, {len(images)} val images at {scale}, score > "
+          f"{settings.score_threshold:g}, NMS {settings.nms_threshold:g} -> {out}")
     started = time.perf_counter()
     written = predict_to_folder(detector, images, out, settings, dev, total=len(images), progress=progress)
     print(f"wrote {written} prediction files in {time.perf_counter() - started:.1f} s")
@@ -333,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--checkpoint writes one prediction folder: give at most one --pred-dir with it")
     if args.label and len(args.label) != max(1, len(pred_dirs)):
         parser.error(f"give one --label per --pred-dir ({len(args.label)} labels for {len(pred_dirs)} folders)")
+    if args.latency and args.model is None and str(args.checkpoint).lower().endswith(".onnx"):
+        raise FaceNASError(f"{args.checkpoint}: --latency times a PyTorch backbone; for an ONNX export give --model "
+                           "NAME (ONNX Runtime timing: docs/DEPLOY.md)")
     if args.checkpoint is not None or args.pred_dir is not None:
         if args.checkpoint is not None:
             from engine.inference import EvalSettings

@@ -48,6 +48,24 @@ class EvalSettings:
                 "keep_top_k": self.keep_top_k}
 
 
+def load_inference_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
+    """A ``train.py`` checkpoint, or a detector exported by ``export.py`` (``.onnx``, run in ONNX Runtime by
+    :class:`engine.onnx_inference.OnnxDetector`), ready for :func:`detect_image`; and a description for the log.
+
+    Raises:
+        FaceNASError: a file that is neither (names it).
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from engine.onnx_inference import OnnxDetector
+
+        detector = OnnxDetector(path, device)
+        return detector, detector.description
+    from engine.checkpoint import load_detector
+
+    detector, ckpt = load_detector(path, device)
+    return detector, f"{ckpt.get('model')} (epoch {int(ckpt['epoch']) + 1})"
+
+
 def scale_for_test(height: int, width: int, test_size: int, max_size: int = TEST_MAX_SIZE) -> float:
     """Resize factor of the reference test script (1.0 for original size)."""
     if test_size <= 0:

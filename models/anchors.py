@@ -102,11 +102,25 @@ def postprocess(
     point_scale = loc.new_tensor([width, height] * 5)
     boxes_all = decode_boxes(loc, priors) * box_scale
     points_all = decode_landmarks(landmarks, priors) * point_scale
-    results = []
-    for boxes, score, points in zip(boxes_all, scores, points_all):
-        keep = torch.nonzero(score > score_threshold).squeeze(1)
-        keep = keep[score[keep].argsort(descending=True)[:top_k]]
-        boxes, score, points = boxes[keep], score[keep], points[keep]
-        kept = nms(boxes.float(), score.float(), nms_threshold)[:keep_top_k]
-        results.append({"boxes": boxes[kept], "scores": score[kept], "landmarks": points[kept]})
-    return results
+    return [select_detections(boxes, score, points, score_threshold, nms_threshold, top_k, keep_top_k)
+            for boxes, score, points in zip(boxes_all, scores, points_all)]
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, landmarks: torch.Tensor,
+                      score_threshold: float = 0.02, nms_threshold: float = 0.4, top_k: int = 5000,
+                      keep_top_k: int = 750) -> dict[str, torch.Tensor]:
+    """One image's detections from its decoded candidates: score > threshold, top-k, NMS, keep-top-k.
+
+    The selection half of :func:`postprocess`, also used on the decoded outputs of an ONNX export.
+
+    Args:
+        boxes: (P, 4) x1 y1 x2 y2.
+        scores: (P,) face probabilities.
+        landmarks: (P, 10).
+        score_threshold, nms_threshold, top_k, keep_top_k: see :func:`postprocess`.
+    """
+    keep = torch.nonzero(scores > score_threshold).squeeze(1)
+    keep = keep[scores[keep].argsort(descending=True, stable=True)[:top_k]]  # ties in index order, as ONNX TopK
+    boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
+    kept = nms(boxes.float(), scores.float(), nms_threshold)[:keep_top_k]
+    return {"boxes": boxes[kept], "scores": scores[kept], "landmarks": landmarks[kept]}

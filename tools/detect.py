@@ -2,6 +2,7 @@
 
 Example:
     python tools/detect.py --checkpoint runs/facenas_r12_v3_hs/last.pth --input photos/ --out-dir detections/
+    python tools/detect.py --checkpoint runs/facenas_r12_v3_hs/last_detector.onnx --input photos/
 
 Each input image ``NAME.EXT`` becomes ``OUT_DIR/NAME.jpg`` (boxes in green, score above the box, landmarks: eyes
 blue/red, nose green, mouth corners yellow/cyan as in RetinaFace's demo) and, with ``--save-txt``, ``OUT_DIR/NAME.txt``
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/detect.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="checkpoint written by train.py (required)")
+                        help="checkpoint written by train.py, or a detector exported by export.py (.onnx, run in "
+                             "ONNX Runtime) (required)")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="an image file or a folder of images (searched recursively) (required)")
     parser.add_argument("--out-dir", default="detections", metavar="DIR",
@@ -84,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from data.wider_eval import format_prediction_text
     from data.widerface import read_image
-    from engine.checkpoint import load_detector
     from engine.distributed import resolve_device
-    from engine.inference import EvalSettings, detect_image
+    from engine.inference import EvalSettings, detect_image, load_inference_model
     from utils.atomic import atomic_write, atomic_write_text
 
     args = build_parser().parse_args(argv)
@@ -96,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         raise FaceNASError(f"--test-size must be >= 0, got {args.test_size}")
     images = find_images(Path(args.input))
     device = resolve_device(args.device)
-    detector, ckpt = load_detector(args.checkpoint, device)
+    detector, description = load_inference_model(args.checkpoint, device)
     settings = EvalSettings(test_size=args.test_size, nms_threshold=args.nms)
     out_dir = Path(args.out_dir)
-    print(f"{ckpt.get('model')} (epoch {int(ckpt['epoch']) + 1}) on {device}: {len(images)} image(s) -> {out_dir}")
+    print(f"{description} on {device}: {len(images)} image(s) -> {out_dir}")
     for path, rel in images:
         image = read_image(path)
         found = detect_image(detector, image, settings, device)

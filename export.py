@@ -1,0 +1,194 @@
+"""Export a FaceNAS backbone or RetinaFace detector to ONNX, checked in ONNX Runtime against PyTorch.
+
+The source is a registered name or thesis spelling (``R12_V3_HS``, ``mobile0.25``, ``resnet50``; random weights), an
+architecture file (``arch.json``; random weights) or a ``train.py`` checkpoint. What is written is the deploy form
+(BatchNorm folded), with dynamic batch, height and width unless ``--static``:
+
+* ``--what detector`` (default): outputs ``boxes`` (B, P, 4) and ``landmarks`` (B, P, 10) in input pixels and
+  ``scores`` (B, P), the priors decoded in the graph; with ``--nms`` one output ``detections`` (N, 16): image index,
+  x1 y1 x2 y2, score, 10 landmark coordinates, after top-k, score threshold, NMS and keep-top-k per image;
+* ``--what backbone``: the three FPN inputs ``feat_s8``, ``feat_s16``, ``feat_s32``.
+
+The input ``images`` is float32 NCHW, OpenCV BGR minus (104, 117, 123). Before anything is written the file runs in
+ONNX Runtime on three input shapes and is compared with the PyTorch model; the largest difference is printed, and a
+difference above ``--tolerance`` is an error (nothing is written). ``evaluate.py --checkpoint model.onnx`` and
+``tools/detect.py --checkpoint model.onnx`` run a detector export. Deployment notes: docs/DEPLOY.md.
+
+Examples:
+    python export.py --checkpoint runs/facenas_r12_v3_hs/last.pth                # detector next to the checkpoint
+    python export.py --model R12_V3_HS --what backbone --size 320 320 --out r12_backbone.onnx
+    python export.py --checkpoint runs/x/last.pth --nms --static --size 320 320  # fixed shape, NMS in the graph
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from utils.errors import FaceNASError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every option states its default."""
+    parser = argparse.ArgumentParser(prog="export.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="NAME|ARCH.json", default=None,
+                        help="registered name, thesis spelling or architecture file, exported with random weights "
+                             "(default: none; give --model or --checkpoint)")
+    source.add_argument("--checkpoint", metavar="CKPT", default=None,
+                        help="train.py checkpoint (default: none; give --model or --checkpoint)")
+    parser.add_argument("--what", choices=("detector", "backbone"), default="detector",
+                        help="the whole detector with prior decoding, or the backbone's three feature maps "
+                             "(default: detector)")
+    parser.add_argument("--out", metavar="FILE.onnx", default=None,
+                        help="output file (default: CKPT_DIR/CKPT_STEM_WHAT[_nms].onnx for a checkpoint, "
+                             "runs/exports/NAME_WHAT[_nms].onnx for --model)")
+    parser.add_argument("--size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"),
+                        help="input height and width of the trace (with --static: the only size) (default: 640 640)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="batch of the trace (with --static: the only batch) (default: 1)")
+    parser.add_argument("--static", action="store_true",
+                        help="fixed batch, height and width instead of dynamic ones (default: off, all dynamic)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--fpn-channels", type=int, default=None,
+                        help="FPN / SSH width for --model (default: 256 for backbones with >= 1024 channels, else "
+                             "64; a checkpoint keeps its own)")
+
+    group = parser.add_argument_group("NMS in the graph (--what detector --nms)")
+    group.add_argument("--nms", action="store_true",
+                       help="put top-k, score threshold, NMS and keep-top-k into the graph (default: off; the graph "
+                            "ends with decoded boxes, scores and landmarks)")
+    group.add_argument("--score-threshold", type=float, default=0.02, help="minimum score kept (default: 0.02)")
+    group.add_argument("--nms-threshold", type=float, default=0.4, help="NMS IoU threshold (default: 0.4)")
+    group.add_argument("--top-k", type=int, default=5000, help="candidates per image before NMS (default: 5000)")
+    group.add_argument("--keep-top-k", type=int, default=750, help="detections per image after NMS (default: 750)")
+
+    group = parser.add_argument_group("The check in ONNX Runtime")
+    group.add_argument("--check-shapes", nargs="+", metavar="BxHxW", default=None,
+                       help="input shapes to compare on, e.g. 1x640x640 2x480x320 (default: three shapes around "
+                            "--size, batch 1 and 2; with --static --size three times, with different inputs)")
+    group.add_argument("--tolerance", type=float, default=1e-4,
+                       help="largest allowed |ONNX - PyTorch| / max(1, largest |PyTorch value|) of any output "
+                            "(default: 1e-4)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="ONNX Runtime and PyTorch threads for the check (default: PyTorch's current setting)")
+    return parser
+
+
+def default_check_shapes(batch: int, height: int, width: int, static: bool) -> list[tuple[int, int, int, int]]:
+    """Three input shapes for the check: the trace shape, a smaller non-square batch of two and an odd size."""
+    if static:
+        return [(batch, 3, height, width)] * 3
+
+    def multiple_of_32(value: float) -> int:
+        return max(32, round(value / 32) * 32)
+
+    def odd(value: int) -> int:
+        return max(33, value if value % 2 else value + 1)
+
+    return [(batch, 3, height, width), (2, 3, multiple_of_32(height / 2), multiple_of_32(width * 0.75)),
+            (1, 3, odd(height * 3 // 4), odd(width // 2))]
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``BxHxW`` (or ``HxW`` for batch 1) -> ``(B, 3, H, W)``."""
+    match = re.fullmatch(r"(?:(\d+)x)?(\d+)x(\d+)", text.strip())
+    if not match or min(int(v) for v in match.groups(default="1")) < 1:
+        raise FaceNASError(f"--check-shapes: {text!r} is not BxHxW or HxW with positive integers (e.g. 2x480x320)")
+    batch, height, width = (int(v) for v in match.groups(default="1"))
+    return batch, 3, height, width
+
+
+def default_out(args: argparse.Namespace, name: str) -> Path:
+    """Where the file goes without ``--out``."""
+    suffix = f"_{args.what}" + ("_nms" if args.nms else "") + ".onnx"
+    if args.checkpoint is not None:
+        checkpoint = Path(args.checkpoint)
+        return checkpoint.with_name(checkpoint.stem + suffix)
+    stem = Path(name).stem if name.endswith(".json") else re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return Path("runs") / "exports" / (stem + suffix)
+
+
+def load_source(args: argparse.Namespace):
+    """The PyTorch model to export (eval mode) and a description: ``(model, name, where the weights come from)``."""
+    import models
+
+    if args.checkpoint is not None:
+        from engine.checkpoint import load_detector
+
+        detector, ckpt = load_detector(args.checkpoint, "cpu")
+        weights = f"{args.checkpoint} (epoch {int(ckpt['epoch']) + 1})"
+        name = str(ckpt.get("model"))
+    else:
+        if Path(args.model).suffix in (".pth", ".pt", ".ckpt"):
+            raise FaceNASError(f"{args.model}: looks like a checkpoint; give it with --checkpoint")
+        if args.fpn_channels is not None and (args.fpn_channels < 4 or args.fpn_channels % 4):
+            raise FaceNASError(f"--fpn-channels must be a positive multiple of 4, got {args.fpn_channels}")
+        if args.what == "backbone":
+            return models.create_backbone(args.model).eval(), str(args.model), "random weights"
+        detector = models.build_detector(args.model, fpn_channels=args.fpn_channels)
+        weights, name = "random weights", str(args.model)
+    model = detector.backbone if args.what == "backbone" else detector
+    return model.eval(), name, weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export, check in ONNX Runtime, then write."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.nms and args.what != "detector":
+        parser.error("--nms needs --what detector")
+    if args.checkpoint is not None and args.fpn_channels is not None:
+        parser.error("--fpn-channels is for --model; a checkpoint keeps the FPN width it was trained with")
+    if min(args.size) < 1 or args.batch < 1:
+        raise FaceNASError(f"--size and --batch must be positive, got {list(args.size)} and {args.batch}")
+    if args.opset < 11:
+        raise FaceNASError(f"--opset must be >= 11 (NMS, dynamic resize), got {args.opset}")
+    if not args.tolerance > 0:
+        raise FaceNASError(f"--tolerance must be > 0, got {args.tolerance}")
+    if args.threads is not None and args.threads < 1:
+        raise FaceNASError(f"--threads must be >= 1, got {args.threads}")
+    shapes = [parse_shape(text) for text in args.check_shapes] if args.check_shapes else \
+        default_check_shapes(args.batch, args.size[0], args.size[1], args.static)
+    trace = (args.batch, 3, args.size[0], args.size[1])
+    if args.static and any(shape != trace for shape in shapes):
+        raise FaceNASError(f"--static fixes the input at {list(trace)}; --check-shapes must all be that shape")
+
+    import torch
+
+    from models.export import NmsSettings, check_onnx, check_summary, export_onnx, largest_difference
+    from utils.atomic import atomic_write
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = NmsSettings(args.score_threshold, args.nms_threshold, args.top_k, args.keep_top_k).validate() \
+        if args.nms else None
+    model, name, weights = load_source(args)
+    out = Path(args.out) if args.out else default_out(args, name)
+    data = export_onnx(model, args.what, trace, dynamic=not args.static, nms_settings=settings, opset=args.opset,
+                       model_name=name, metadata={"weights": weights})
+    print(f"{name} {args.what}{' with NMS' if settings else ''} ({weights}), deploy form (BatchNorm folded), "
+          f"opset {args.opset}, {'static ' + 'x'.join(map(str, trace)) if args.static else 'dynamic batch/H/W'}: "
+          f"{len(data) / 2**20:.1f} MiB")
+    rows = check_onnx(data, model, args.what, shapes, settings, args.tolerance, threads=args.threads)
+    print("ONNX Runtime against PyTorch (eval mode, BatchNorm not folded), image-like inputs:")
+    print(check_summary(rows))
+    worst = largest_difference(rows)
+    summary = (f"largest difference {worst['max_abs_diff']:.3e} ({worst['output']}, input "
+               f"{'x'.join(map(str, worst['input']))}; scaled {worst['scaled_diff']:.2e}, tolerance "
+               f"{args.tolerance:g})")
+    failed = [row for row in rows if not row["ok"]]
+    if failed:
+        first = failed[0]
+        what = first.get("note") or (f"max |ONNX - PyTorch| {first['max_abs_diff']:.3e}, scaled "
+                                     f"{first['scaled_diff']:.2e} > tolerance {args.tolerance:g}")
+        raise FaceNASError(f"the ONNX export does not match PyTorch: {first['output']} on input "
+                           f"{'x'.join(map(str, first['input']))}: {what}; nothing written to {out}")
+    atomic_write(out, lambda handle: handle.write(data))
+    print(f"{summary}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
