@@ -255,16 +255,41 @@ def test_the_pause_hook_waits_only_for_its_file_and_its_count(tmp_path):
     assert _temporaries(tmp_path) and "b.txt" in log.read_text()
 
 
-def test_search_overwrite_deletes_the_earlier_search_and_warm_up_only_derives_nothing(inputs, tmp_path, capsys):
+def test_search_overwrite_deletes_the_earlier_search_and_warm_up_only_derives_nothing(inputs, tmp_path):
     import search
+
+    def run(*extra: str) -> None:
+        search.main(_search_command(inputs, out, "--warmup-epochs", "1", "--max-steps-per-epoch", "1",
+                                    "--save-every", "0", *extra)[2:])
 
     out = tmp_path / "run"
     out.mkdir()
     for name in ("arch.json", "last.pth", "epoch_0007.pth", "history.json", ".last.pth.abcd1234.tmp"):
         (out / name).write_text("an earlier search")
-    search.main(_search_command(inputs, out, "--overwrite", "--search-epochs", "0", "--save-every", "0")[2:])
+    run("--overwrite", "--search-epochs", "0")
     assert sorted(p.name for p in out.iterdir()) == ["history.json", "last.pth", "search.log", "warmup.pth"]
     log = (out / "search.log").read_text()
     assert "--overwrite: deleted the earlier search" in log and "epoch_0007.pth" in log
     assert "no architecture derived" in log and "removed 1 temporary file" in log
-    assert _load(out / "warmup.pth")["epoch"] == 2
+    assert _load(out / "warmup.pth")["epoch"] == 1
+    # a missing warmup.pth is re-created from a checkpoint that is the end of warm-up, and reported past it
+    (out / "warmup.pth").unlink()
+    run("--resume", "--search-epochs", "0")
+    assert (out / "warmup.pth").read_bytes() == (out / "last.pth").read_bytes()
+    run("--resume", "--search-epochs", "1")
+    (out / "warmup.pth").unlink()
+    run("--resume", "--search-epochs", "1")
+    assert "cannot be re-created exactly" in (out / "search.log").read_text()
+    assert (out / "arch.json").is_file()
+
+
+def test_training_recreates_a_missing_epoch_file_from_the_same_epoch(inputs, tmp_path):
+    import train
+
+    out = tmp_path / "run"
+    argv = _train_command(inputs, out, "--epochs", "2", "--max-steps-per-epoch", "1")[2:]
+    train.main(argv)
+    (out / "epoch_0002.pth").unlink()
+    train.main(argv + ["--resume"])
+    assert (out / "epoch_0002.pth").read_bytes() == (out / "last.pth").read_bytes()
+    assert "re-created" in (out / "train.log").read_text()
