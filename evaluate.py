@@ -30,11 +30,21 @@ from pathlib import Path
 
 from utils.atomic import atomic_write_json
 from utils.errors import FaceNASError, run_cli
+from utils.options import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    PROBABILITY,
+    OptionParser,
+    check_output_dir,
+    check_output_file,
+    float_range,
+    int_range,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; every option states its default."""
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="evaluate.py",
         description="WIDER FACE val evaluation (official protocol): prints Easy, Medium and Hard AP (%) and their "
                     "mean.",
@@ -58,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset root in the layout of docs/DATA.md, used for the default --gt-dir (default: the "
                              "built-in synthetic dataset, generated on first use under $FACENAS_CACHE or "
                              "~/.cache/facenas)")
-    parser.add_argument("--iou", type=float, default=0.5, metavar="T",
+    parser.add_argument("--iou", type=float_range(0, 1, low_open=True), default=0.5, metavar="T",
                         help="IoU threshold for a match; the protocol uses 0.5 (default: 0.5)")
+    parser.add_argument("--keep-file-order", action="store_true",
+                        help="score boxes in file order even where a prediction file is not sorted by descending "
+                             "score, exactly as the official tools do (default: sort such files first and warn)")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write easy, medium, hard and mean AP (fractions 0..1) to this JSON file; with "
                              "several --pred-dir, one such entry per folder under \"folders\" (default: none)")
@@ -72,15 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train.py checkpoint, or a detector exported by export.py (.onnx, run in ONNX Runtime "
                             "with the same pre- and post-processing), to run over the val images of --data-root "
                             "(default: none)")
-    group.add_argument("--test-size", type=int, default=0, metavar="PX",
+    group.add_argument("--test-size", type=int_range(32, also=(0,)), default=0, metavar="PX",
                        help="test scale: short side in pixels with the long side capped at --test-max-size; 0 = "
                             "original size, as in the thesis (default: 0)")
-    group.add_argument("--test-max-size", type=int, default=2150, metavar="PX",
+    group.add_argument("--test-max-size", type=POSITIVE_INT, default=2150, metavar="PX",
                        help="cap on the long side when --test-size is set (default: 2150, the reference's)")
-    group.add_argument("--score-threshold", type=float, default=0.02, help="minimum score kept (default: 0.02)")
-    group.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold (default: 0.4)")
-    group.add_argument("--top-k", type=int, default=5000, help="candidates kept before NMS (default: 5000)")
-    group.add_argument("--keep-top-k", type=int, default=750, help="detections kept after NMS (default: 750)")
+    group.add_argument("--score-threshold", type=PROBABILITY, default=0.02,
+                       help="minimum score kept (default: 0.02)")
+    group.add_argument("--nms", type=PROBABILITY, default=0.4, help="NMS IoU threshold (default: 0.4)")
+    group.add_argument("--top-k", type=POSITIVE_INT, default=5000, help="candidates kept before NMS (default: 5000)")
+    group.add_argument("--keep-top-k", type=POSITIVE_INT, default=750,
+                       help="detections kept after NMS (default: 750)")
     group.add_argument("--device", default="auto",
                        help="where the checkpoint runs: auto, cpu, cuda or cuda:N (default: auto)")
 
@@ -90,15 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", default=None,
                        help="backbone for --latency without a checkpoint: registry name, thesis spelling "
                             "(R12_V3_HS, mobile0.25, resnet50) or arch .json (default: none)")
-    group.add_argument("--latency-shape", type=int, nargs=3, default=(1, 640, 640), metavar=("B", "H", "W"),
+    group.add_argument("--latency-shape", type=POSITIVE_INT, nargs=3, default=(1, 640, 640), metavar=("B", "H", "W"),
                        help="input batch, height and width; the thesis used 1 320 320 (Raspberry Pi 4), 1 640 640 "
                             "(Jetson Nano) and 8 640 640 (DGX-1) (default: 1 640 640)")
     group.add_argument("--latency-device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    group.add_argument("--threads", type=int, default=None,
+    group.add_argument("--threads", type=POSITIVE_INT, default=None,
                        help="CPU threads while timing (default: PyTorch's current setting)")
-    group.add_argument("--warmup", type=int, default=None,
+    group.add_argument("--warmup", type=NON_NEGATIVE_INT, default=None,
                        help="untimed calls (default: the protocol's, 20 on CPU, 40 on GPU)")
-    group.add_argument("--samples", type=int, default=None,
+    group.add_argument("--samples", type=POSITIVE_INT, default=None,
                        help="timed calls (default: the protocol's, 50 on CPU, 200 on GPU)")
     return parser
 
@@ -124,7 +139,7 @@ def default_label(pred_dir: str | os.PathLike) -> str:
 def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou: float = 0.5,
                           json_path: str | os.PathLike | None = None,
                           plot_path: str | os.PathLike | None = None, label: str | None = None,
-                          title: str | None = None) -> dict:
+                          title: str | None = None, keep_file_order: bool = False) -> dict:
     """Score a prediction folder, print the AP table and optionally write JSON and a PR-curve plot.
 
     Args:
@@ -135,6 +150,8 @@ def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
         plot_path: Where to write the PR-curve PNG.
         label: the folder's legend name (default :func:`default_label`).
         title: the plot's title (default: WIDER FACE val and the label).
+        keep_file_order: Score boxes in file order even in files not sorted by descending score (the official
+            tools' behaviour); by default such files are sorted first, with a warning.
 
     Returns:
         The result of :func:`data.wider_eval.evaluate_folder`.
@@ -144,7 +161,10 @@ def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
     """
     from data.wider_eval import plot_pr_curves
 
-    result = _score_folder(pred_dir, gt_dir, iou)
+    for path, what in ((json_path, "--json"), (plot_path, "--plot")):
+        if path is not None:
+            check_output_file(path, what)
+    result = _score_folder(pred_dir, gt_dir, iou, keep_file_order)
     if json_path is not None:
         atomic_write_json(json_path, _json_entry(result, pred_dir, gt_dir, iou))
     if plot_path is not None:
@@ -155,12 +175,12 @@ def evaluate_from_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
 
 def compare_folders(pred_dirs: list[str | os.PathLike], gt_dir: str | os.PathLike, iou: float = 0.5,
                     labels: list[str] | None = None, json_path: str | os.PathLike | None = None,
-                    plot_path: str | os.PathLike | None = None) -> list[dict]:
+                    plot_path: str | os.PathLike | None = None, keep_file_order: bool = False) -> list[dict]:
     """Score several prediction folders against one ground truth and overlay their PR curves (one per folder).
 
     Args:
         pred_dirs: the folders, e.g. one per model.
-        gt_dir, iou: as :func:`evaluate_from_folders`.
+        gt_dir, iou, keep_file_order: as :func:`evaluate_from_folders`.
         labels: legend names, one per folder (default :func:`default_label` of each).
         json_path: ``{"folders": [entry, ...]}``, each entry as the single-folder JSON plus ``label``.
         plot_path: the overlaid PR curves, titled by the labels (the models).
@@ -176,7 +196,10 @@ def compare_folders(pred_dirs: list[str | os.PathLike], gt_dir: str | os.PathLik
                            "label per folder, in the same order")
     if len(set(labels)) != len(labels):
         raise FaceNASError(f"the folders need distinct legend names, got {', '.join(labels)}; name them with --label")
-    results = [_score_folder(p, gt_dir, iou) for p in pred_dirs]
+    for path, what in ((json_path, "--json"), (plot_path, "--plot")):
+        if path is not None:
+            check_output_file(path, what)
+    results = [_score_folder(p, gt_dir, iou, keep_file_order) for p in pred_dirs]
     if json_path is not None:
         atomic_write_json(json_path, {"folders": [{"label": label, **_json_entry(r, p, gt_dir, iou)}
                                                   for label, r, p in zip(labels, results, pred_dirs)]})
@@ -186,7 +209,8 @@ def compare_folders(pred_dirs: list[str | os.PathLike], gt_dir: str | os.PathLik
     return results
 
 
-def _score_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou: float) -> dict:
+def _score_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou: float,
+                  keep_file_order: bool = False) -> dict:
     """Evaluate one folder and print its AP table (warnings on stderr)."""
     from data.wider_eval import SETTINGS, evaluate_folder
 
@@ -194,7 +218,7 @@ def _score_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou: f
         raise FaceNASError(f"--iou must be in (0, 1], got {iou}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = evaluate_folder(pred_dir, gt_dir, iou_thresh=iou)
+        result = evaluate_folder(pred_dir, gt_dir, iou_thresh=iou, sort_boxes=not keep_file_order)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     print(f"WIDER FACE val AP (IoU {iou:g}) for {pred_dir} against {gt_dir}:")
@@ -232,7 +256,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
                         pred_dir: str | os.PathLike | None = None, gt_dir: str | os.PathLike | None = None,
                         settings: object | None = None, device: str = "auto", iou: float = 0.5,
                         json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None,
-                        progress: bool = True, label: str | None = None) -> dict:
+                        progress: bool = True, label: str | None = None, keep_file_order: bool = False) -> dict:
     """Run a checkpoint over the val images, write the official prediction layout, then score it.
 
     Args:
@@ -242,7 +266,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
         gt_dir: ground-truth folder (default ``DATA_ROOT/ground_truth``).
         settings: ``engine.inference.EvalSettings`` (default: the SPEC section 8 test settings).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        iou, json_path, plot_path: see :func:`evaluate_from_folders`.
+        iou, json_path, plot_path, keep_file_order: see :func:`evaluate_from_folders`.
         progress: show a progress bar.
         label: legend name of the PR curves (default: the checkpoint's model).
 
@@ -256,6 +280,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
     from engine.inference import EvalSettings, load_inference_model, predict_to_folder
 
     settings = settings or EvalSettings()
+    out = Path(pred_dir) if pred_dir is not None else default_pred_dir(checkpoint, settings.test_size)
+    check_output_dir(out, "--pred-dir (predictions are written there)")
+    for path, what in ((json_path, "--json"), (plot_path, "--plot")):
+        if path is not None:
+            check_output_file(path, what)
     if data_root is None:
         from data.synthetic import ensure_builtin_dataset
 
@@ -263,7 +292,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
     gt = resolve_gt_dir(gt_dir, data_root)
     dev = resolve_device(device)
     detector, description = load_inference_model(checkpoint, dev)
-    out = Path(pred_dir) if pred_dir is not None else default_pred_dir(checkpoint, settings.test_size)
     images = WiderFaceValImages(data_root, gt if (gt / "wider_face_val.mat").is_file() else None)
     scale = "original size" if not settings.test_size else f"short side {settings.test_size} px (long side <= " \
                                                            f"{settings.max_size})"
@@ -272,10 +300,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_root: str | os.PathL
     started = time.perf_counter()
     written = predict_to_folder(detector, images, out, settings, dev, total=len(images), progress=progress)
     print(f"wrote {written} prediction files in {time.perf_counter() - started:.1f} s")
-    model = str(ckpt.get("model") or Path(checkpoint).parent.name)
-    return evaluate_from_folders(out, gt, iou=iou, json_path=json_path, plot_path=plot_path, label=label or model,
-                                 title=f"WIDER FACE val: RetinaFace + {model}, epoch {int(ckpt['epoch']) + 1} "
-                                       f"(IoU {iou:g})")
+    return evaluate_from_folders(out, gt, iou=iou, json_path=json_path, plot_path=plot_path,
+                                 label=label or description, title=f"WIDER FACE val: RetinaFace + {description} "
+                                                                   f"(IoU {iou:g})", keep_file_order=keep_file_order)
 
 
 def measure_backbone_latency(model: str | None = None, checkpoint: str | os.PathLike | None = None,
@@ -324,6 +351,17 @@ def measure_backbone_latency(model: str | None = None, checkpoint: str | os.Path
     return {**result, "name": name, "shape": [batch, height, width], "device": where}
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every path this run will write, checked before any work."""
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if args.plot is not None:
+        check_output_file(args.plot, "--plot")
+    if args.checkpoint is not None:
+        check_output_dir(args.pred_dir[0] if args.pred_dir else default_pred_dir(args.checkpoint, args.test_size),
+                         "--pred-dir (predictions are written there)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the selected mode(s)."""
     parser = build_parser()
@@ -340,29 +378,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency and args.model is None and str(args.checkpoint).lower().endswith(".onnx"):
         raise FaceNASError(f"{args.checkpoint}: --latency times a PyTorch backbone; for an ONNX export give --model "
                            "NAME (ONNX Runtime timing: docs/DEPLOY.md)")
+    _check_outputs(args)
     if args.checkpoint is not None or args.pred_dir is not None:
         if args.checkpoint is not None:
             from engine.inference import EvalSettings
 
-            for name in ("test_size", "top_k", "keep_top_k"):
-                if getattr(args, name) < 0:
-                    raise FaceNASError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-            if args.test_max_size < 1:
-                raise FaceNASError(f"--test-max-size must be >= 1, got {args.test_max_size}")
             settings = EvalSettings(test_size=args.test_size, max_size=args.test_max_size,
                                     score_threshold=args.score_threshold, nms_threshold=args.nms, top_k=args.top_k,
                                     keep_top_k=args.keep_top_k)
             evaluate_checkpoint(args.checkpoint, args.data_root, pred_dirs[0] if pred_dirs else None, args.gt_dir,
                                 settings, args.device, iou=args.iou, json_path=args.json, plot_path=args.plot,
-                                label=args.label[0] if args.label else None)
+                                label=args.label[0] if args.label else None, keep_file_order=args.keep_file_order)
         elif len(pred_dirs) == 1:
             gt_dir = resolve_gt_dir(args.gt_dir, args.data_root)
             evaluate_from_folders(pred_dirs[0], gt_dir, iou=args.iou, json_path=args.json, plot_path=args.plot,
-                                  label=args.label[0] if args.label else None)
+                                  label=args.label[0] if args.label else None, keep_file_order=args.keep_file_order)
         else:
             gt_dir = resolve_gt_dir(args.gt_dir, args.data_root)
             compare_folders(pred_dirs, gt_dir, iou=args.iou, labels=args.label, json_path=args.json,
-                            plot_path=args.plot)
+                            plot_path=args.plot, keep_file_order=args.keep_file_order)
     if args.latency:
         measure_backbone_latency(args.model, args.checkpoint, tuple(args.latency_shape), args.latency_device,
                                  args.threads, args.warmup, args.samples)

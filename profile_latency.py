@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -73,31 +73,302 @@ def run_cli(main: Callable[[], object]) -> None:
 # -------------------------------------------------- end utils/errors.py
 
 
+# -------------------------------------------------- begin utils/options.py
+"""One validation layer for the command lines: range-checked number types, a parser whose errors are one line,
+and the checks every output path gets before any work starts.
+
+* ``type=int_range(1)``, ``type=float_range(0, 1, low_open=True)``, ``type=PROBABILITY``...: argparse types that
+  reject what is not a number, not finite (``nan``, ``inf``) or out of range, with a message that states the range.
+  The range is also appended to the option's ``--help`` line by :class:`RangeHelpFormatter`.
+* :class:`OptionParser`: an ``ArgumentParser`` whose errors raise :class:`~utils.errors.FaceNASError`, so a bad
+  option is one ``error: ...`` line with exit status 2 (through ``run_cli``) and a ``FaceNASError`` for callers of
+  ``main(argv)``; ``--help`` is unchanged.
+* :func:`check_output_file` / :func:`check_output_dir`: a path under a regular file, a folder where a file is wanted
+  (or the reverse) or an unwritable folder is reported before anything is computed or written.
+
+Standard library only, Python 3.8 syntax: ``profile_latency.py`` embeds it (see ``tools/build_profiler.py``).
+"""
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class NumberRange:
+    """An argparse ``type``: parse an int or a float and check that it lies in a range.
+
+    Build it with :func:`int_range` or :func:`float_range`. ``text`` describes the accepted values ("an integer
+    >= 1", "a number > 0 and <= 1"); it appears in error messages and in ``--help``.
+    """
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False, finite: bool = True, also: Sequence[float] = ()) -> None:
+        if kind not in (int, float):
+            raise TypeError(f"a NumberRange is of int or float, not {kind!r}")
+        self.kind, self.low, self.high = kind, low, high
+        self.low_open, self.high_open, self.finite, self.also = low_open, high_open, finite, tuple(also)
+        self.__name__ = "integer" if kind is int else "number"  # argparse names the type in some messages
+
+    @property
+    def text(self) -> str:
+        """What the option accepts, in words."""
+        noun = "an integer" if self.kind is int else ("a finite number" if self.finite else "a number")
+        low = None if self.low is None else (">" if self.low_open else ">=") + " " + _format_number(self.low)
+        high = None if self.high is None else ("<" if self.high_open else "<=") + " " + _format_number(self.high)
+        if low and high and not self.low_open and not self.high_open:
+            words = f"{noun} from {_format_number(self.low)} to {_format_number(self.high)}"
+        elif low and high:
+            words = f"{noun} {low} and {high}"
+        else:
+            words = f"{noun} {low or high}" if (low or high) else noun
+        if self.also:
+            words = " or ".join(_format_number(v) for v in self.also) + " or " + words
+        return words
+
+    def accepts(self, value: float) -> bool:
+        """Whether an already parsed value lies in the range."""
+        if value in self.also:
+            return True
+        if self.kind is float and self.finite and not math.isfinite(value):
+            return False
+        if math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def __call__(self, text: str) -> Any:
+        try:
+            value = self.kind(text.strip()) if isinstance(text, str) else self.kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {self.text}, got {text!r}") from None
+        if not self.accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {self.text}, got {text!r}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"NumberRange({self.text})"
+
+
+def int_range(low: int | None = None, high: int | None = None, also: Sequence[int] = ()) -> NumberRange:
+    """An integer type for argparse with ``low <= value <= high`` (either bound optional).
+
+    Args:
+        low: smallest accepted value (None: no lower bound).
+        high: largest accepted value (None: no upper bound).
+        also: single values accepted outside the range (e.g. ``0`` meaning "off").
+    """
+    return NumberRange(int, low, high, also=also)
+
+
+def float_range(low: float | None = None, high: float | None = None, low_open: bool = False,
+                high_open: bool = False, finite: bool = True, also: Sequence[float] = ()) -> NumberRange:
+    """A float type for argparse: ``nan`` is always refused, ``inf`` unless ``finite=False``.
+
+    Args:
+        low, high: bounds (None: unbounded on that side).
+        low_open, high_open: exclude the bound itself (``low_open=True`` with ``low=0`` means "> 0").
+        finite: refuse ``inf`` and ``-inf`` (default).
+        also: single values accepted outside the range.
+    """
+    return NumberRange(float, low, high, low_open, high_open, finite, also)
+
+
+#: Common ranges.
+PROBABILITY = float_range(0.0, 1.0)
+POSITIVE_FLOAT = float_range(0.0, low_open=True)
+NON_NEGATIVE_FLOAT = float_range(0.0)
+POSITIVE_INT = int_range(1)
+NON_NEGATIVE_INT = int_range(0)
+#: Seeds must fit every generator they feed (NumPy's legacy seeding takes < 2**32).
+SEED = int_range(0, 2 ** 32 - 1)
+
+
+class RangeHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the description's line breaks and append each range-checked option's range to its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if isinstance(action.type, NumberRange) and text != argparse.SUPPRESS:
+            text += f" (range: {action.type.text})".replace("%", "%%")
+        return text
+
+
+class OptionParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a one-line :class:`FaceNASError` ("argument --x: expected ...").
+
+    Through ``run_cli`` that is ``error: ...`` on stderr with exit status 2, like every other bad input; callers
+    of a script's ``main(argv)`` get the exception. ``--help`` prints and exits as usual. The default
+    ``formatter_class`` is :class:`RangeHelpFormatter`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", RangeHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise FaceNASError(f"{message} (see {self.prog} --help)")
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (every step checked for being a folder by callers)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _check_parent_chain(path: Path, what: str) -> Path:
+    """Refuse a path that lies under a regular file or an unwritable folder; returns the folder that must exist."""
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = _first_existing(parent)
+    if existing.exists() and not existing.is_dir():
+        raise FaceNASError(f"{path}: {what} cannot be created there: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FaceNASError(f"{path}: {what} cannot be written: no write permission in {existing}")
+    return existing
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work, that ``path`` can receive a file.
+
+    Args:
+        path: the output file (it may exist; it is then replaced).
+        what: how the path was given, for messages (``"--json"``, ``"the latency table"``).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        FaceNASError: the path is a folder, lies under a regular file, or its folder is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FaceNASError(f"{path}: {what} names a folder; give a file path")
+    _check_parent_chain(path, what)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work, that ``path`` is (or can become) a writable folder.
+
+    Args:
+        path: the output folder (it may exist).
+        what: how the path was given, for messages (``"--out-dir"``).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        FaceNASError: the path is a regular file, lies under one, or cannot be written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FaceNASError(f"{path}: {what} names a file; give a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise FaceNASError(f"{path}: {what} cannot be written: no write permission")
+        return path
+    _check_parent_chain(path, what)
+    return path
+# -------------------------------------------------- end utils/options.py
+
+
 # -------------------------------------------------- begin utils/atomic.py
 """Atomic file writes: write a temporary file next to the target, then rename it into place.
 
-A crash or Ctrl-C in the middle of a write leaves the previous file intact. Standard library only, so that
+A crash, Ctrl-C or ``kill -9`` in the middle of a write leaves the previous file intact. The temporary file is
+``.NAME.XXXXXXXX.tmp`` in the target's folder; a killed process cannot delete it, so run folders call
+:func:`remove_stale_temporaries` when they start. The final file gets the mode an ordinary ``open()`` would give it
+(``0666`` minus the umask), or keeps the mode of the file it replaces. Standard library only, so that
 ``profile_latency.py`` can embed it.
 """
 
 import json
 import os
+import re
+import stat
+import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+#: Test hook: ``NAME`` or ``NAME:N`` pauses this process just before the N-th (default first) rename onto a file
+#: called NAME, so that a test can ``kill -9`` it inside a write. Unset (always, outside tests): no effect.
+PAUSE_ENV = "FACENAS_PAUSE_BEFORE_RENAME"
+_renames_seen: dict[str, int] = {}
+# mkstemp names: our prefix ".NAME.", eight characters of tempfile's alphabet, our suffix ".tmp"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible, so the mask is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    """The mode of the file being replaced, else what ``open(path, "w")`` would create."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def _pause_before_rename(tmp: str, path: Path) -> None:
+    """The :data:`PAUSE_ENV` test hook: announce on stderr, then wait to be killed."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != path.name:
+        return
+    _renames_seen[name] = _renames_seen.get(name, 0) + 1
+    if _renames_seen[name] != int(nth or 1):
+        return
+    sys.stderr.write(f"{PAUSE_ENV}: paused before renaming {tmp} to {path}\n")
+    sys.stderr.flush()
+    while True:
+        time.sleep(60)
+
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> None:
-    """Call ``writer`` on a temporary binary file in the target's folder, then rename it over ``path``."""
+    """Call ``writer`` on a temporary binary file in the target's folder, then rename it over ``path``.
+
+    The file is flushed to disk before the rename. For tests, the environment variable ``FACENAS_PAUSE_BEFORE_RENAME
+    =NAME[:N]`` makes the process stop just before the N-th rename onto a file named NAME (see :data:`PAUSE_ENV`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _final_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             writer(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600
+        _pause_before_rename(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -113,6 +384,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left in ``folder`` (``.NAME.XXXXXXXX.tmp``).
+
+    Call it when a run starts, before it writes anything, and only on folders no other process writes into at the
+    same time (a run folder, or with ``names`` the temporaries of one table).
+
+    Args:
+        folder: where to look (not recursive); a missing folder holds nothing.
+        names: only temporaries of these target file names (default: every one of ours).
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    wanted = None if names is None else set(names)
+    removed = []
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or (wanted is not None and match.group("name") not in wanted) or not entry.is_file():
+            continue
+        try:
+            entry.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    return removed
 # -------------------------------------------------- end utils/atomic.py
 
 
@@ -410,6 +711,8 @@ def _spec_problem(spec: BlockSpec) -> str | None:
             return f"an Identity shortcut needs equal input and output channels ({spec.cin} -> {spec.cout})"
         if spec.family == "Zero" and spec.cout not in (0, spec.cin):
             return "Zero keeps the channel count"
+    if spec.size is not None and min(spec.size) < 1:
+        return "input height and width must be positive"
     return None
 
 
@@ -3412,9 +3715,8 @@ FAMILY_ORDER = ("Conv", "MaxPool", "MBV1", "MBV2", "BL", "KK", "KK_Mid", "DK")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (every option documents its default)."""
-    parser = argparse.ArgumentParser(prog="profile_latency.py", description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OptionParser(prog="profile_latency.py", description=__doc__.split("\n\n")[0],
+                          epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     what = parser.add_argument_group("what to measure")
     what.add_argument("--preset", choices=sorted(PRESETS),
                       help="every experiment space of this preset and their _HS forms, at the preset's batch (rpi4/"
@@ -3434,24 +3736,24 @@ def build_parser() -> argparse.ArgumentParser:
         "explicit space (with --families; the base preset, --preset or rpi4, gives the other defaults)")
     space.add_argument("--families", nargs="+", choices=STAGE_FAMILIES, metavar="FAMILY",
                        help=f"block families of every stage, from {', '.join(STAGE_FAMILIES)} (KK includes KK_Mid)")
-    space.add_argument("--kernels", nargs="+", type=int, metavar="K",
+    space.add_argument("--kernels", nargs="+", type=POSITIVE_INT, metavar="K",
                        help="kernel sizes of MBV1/MBV2/BL (default: the preset's variations, e.g. 3 5)")
-    space.add_argument("--expansions", nargs="+", type=int, metavar="R",
+    space.add_argument("--expansions", nargs="+", type=POSITIVE_INT, metavar="R",
                        help="MBV2 expansions (default: the preset's, 3 4 6)")
-    space.add_argument("--stages", type=int, metavar="N",
+    space.add_argument("--stages", type=POSITIVE_INT, metavar="N",
                        help="number of stages (default: the number of --channels; extra stages reuse the last "
                             "channels at stride 1)")
     space.add_argument("--channels", nargs="+", metavar="C[,C...]",
                        help="output channels per stage; commas give alternatives that are all measured "
                             "(default: the base preset's default experiment, e.g. 32 64 128 256)")
-    space.add_argument("--strides", nargs="+", type=int, metavar="S",
+    space.add_argument("--strides", nargs="+", type=int_range(1, 2), metavar="S",
                        help="stride of each stage, 1 or 2 (default: 1 2 2 2 with MaxPool, 2 2 2 2 without, 1 for "
                             "extra stages)")
 
     common = parser.add_argument_group("skeleton overrides (apply to --preset, --space and explicit spaces)")
-    common.add_argument("--first-channels", nargs="+", type=int, metavar="C",
+    common.add_argument("--first-channels", nargs="+", type=POSITIVE_INT, metavar="C",
                         help="output channels of the first conv, one or more values (default: 8)")
-    common.add_argument("--last-channels", type=int, metavar="C",
+    common.add_argument("--last-channels", type=POSITIVE_INT, metavar="C",
                         help="output channels of the last 1x1 conv (default: the preset's, 2560 dgx, 256 others)")
     common.add_argument("--pre-stage", metavar="NAME",
                         help="pre-stage block, e.g. 3x3_KKConv_Mid_16 (default: the space's)")
@@ -3465,7 +3767,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "/ 1x1_Conv_Pool) (default: the preset's: rpi4 none, jetson strided, dgx all)")
     common.add_argument("--se", choices=("none", "se", "ese"),
                         help="squeeze-excitation kind (default: the space's; dgx eSE in stages 1-2)")
-    common.add_argument("--se-stages", nargs="+", type=int, metavar="I",
+    common.add_argument("--se-stages", nargs="+", type=NON_NEGATIVE_INT, metavar="I",
                         help="stages with SE, 0 = pre-stage (default: the space's, or all stages when --se is "
                              "given to a space without SE)")
     common.add_argument("--hardswish", choices=("off", "on", "both"), default="off",
@@ -3475,32 +3777,33 @@ def build_parser() -> argparse.ArgumentParser:
     how = parser.add_argument_group("how to measure")
     how.add_argument("--device", choices=("cpu", "cuda"),
                      help="where to run the blocks (default: cuda for --preset dgx/jetson, else cpu)")
-    how.add_argument("--batch", type=int,
+    how.add_argument("--batch", type=POSITIVE_INT,
                      help="batch size of the input tensor (default: the preset's; else 8 on cuda, 1 on cpu)")
-    how.add_argument("--resolution", type=int,
+    how.add_argument("--resolution", type=int_range(32),
                      help="network input side in pixels (default: the preset's, else 640; none for --names only)")
-    how.add_argument("--threads", type=int,
+    how.add_argument("--threads", type=POSITIVE_INT,
                      help=f"CPU threads, fixed for the run and recorded (default: torch's, here "
                           f"{torch.get_num_threads()})")
     how.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                      help="tensor and weight type (default: float32)")
     how.add_argument("--channels-last", action="store_true",
                      help="measure in channels_last memory format (default: contiguous NCHW)")
-    how.add_argument("--warmup", type=int, help="untimed calls per block (default: 40 cuda, 20 cpu)")
-    how.add_argument("--samples", type=int, help="timed calls per block (default: 200 cuda, 50 cpu)")
-    how.add_argument("--rounds", type=int, default=1,
+    how.add_argument("--warmup", type=NON_NEGATIVE_INT, help="untimed calls per block (default: 40 cuda, 20 cpu)")
+    how.add_argument("--samples", type=POSITIVE_INT, help="timed calls per block (default: 200 cuda, 50 cpu)")
+    how.add_argument("--rounds", type=POSITIVE_INT, default=1,
                      help="measure the whole list R times in separate passes and keep, per block, the round with "
                           "the median mean (robust to a busy or throttling spell); resuming with a larger R adds "
                           "rounds to existing entries (default: 1, the thesis protocol)")
-    how.add_argument("--rest", type=float, default=0.0, metavar="SECONDS",
+    how.add_argument("--rest", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="SECONDS",
                      help="pause between block families to let the device cool (default: 0; 30-60 s on a "
                           "Raspberry Pi without a fan)")
 
     filters = parser.add_argument_group("filters (skipped blocks are logged with the reason)")
-    filters.add_argument("--max-ms", type=float, metavar="MS",
+    filters.add_argument("--max-ms", type=POSITIVE_FLOAT, metavar="MS",
                          help="skip a block when the mean of its first 5 samples after warm-up exceeds MS "
                               "(default: no threshold)")
-    filters.add_argument("--max-channel-ratio", type=float, default=DEFAULT_MAX_CHANNEL_RATIO, metavar="R",
+    filters.add_argument("--max-channel-ratio", type=float_range(1, also=(0,)), default=DEFAULT_MAX_CHANNEL_RATIO,
+                         metavar="R",
                          help="skip stage blocks whose output/input channel ratio (either way) exceeds R, e.g. "
                               "16 -> 128 at R=4; first/last convs and MaxPool are exempt; 0 disables "
                               f"(default: {DEFAULT_MAX_CHANNEL_RATIO:g}, the largest jump in the thesis spaces)")
@@ -3508,14 +3811,14 @@ def build_parser() -> argparse.ArgumentParser:
     nets = parser.add_argument_group(
         "calibration: whole networks measured end to end after the blocks (stored under 'networks' in the table) "
         "and the table's calibration fitted on them; on by default")
-    nets.add_argument("--fit-archs", type=int, default=None, metavar="N",
+    nets.add_argument("--fit-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
                       help="random networks of the selected spaces to fit the calibration on: a block table alone "
                            "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
                            "--repeats x (warm-up + samples) calls per network, about 2 s per network and round for "
                            "the rpi4 preset on a 2-core x86 (so the whole rpi4 profile takes about 4 minutes there) "
                            f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
                            "are selected, 0 for --names only)")
-    nets.add_argument("--random-archs", type=int, default=None, metavar="N",
+    nets.add_argument("--random-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
                       help="other random networks, never fitted on, that measure the calibration's error (stored in "
                            f"meta.calibration.validation) (default: {DEFAULT_VALIDATION_NETWORKS} when spaces are "
                            "selected, 0 for --names only)")
@@ -3525,10 +3828,10 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--arch", nargs="+", default=[], metavar="FILE",
                       help="architecture JSON files, measured end to end for later reports (their blocks are "
                            "measured too; never fitted on)")
-    nets.add_argument("--seed", type=int, default=VALIDATION_SEED,
+    nets.add_argument("--seed", type=SEED, default=VALIDATION_SEED,
                       help=f"seed of --random-archs (default: {VALIDATION_SEED})")
-    nets.add_argument("--fit-seed", type=int, default=FIT_SEED, help=f"seed of --fit-archs (default: {FIT_SEED})")
-    nets.add_argument("--repeats", type=int, default=3,
+    nets.add_argument("--fit-seed", type=SEED, default=FIT_SEED, help=f"seed of --fit-archs (default: {FIT_SEED})")
+    nets.add_argument("--repeats", type=POSITIVE_INT, default=3,
                       help="interleaved rounds per network; the median is kept (default: 3)")
 
     out = parser.add_argument_group("output")
@@ -3544,9 +3847,12 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ key sets
 def _split_channels(values: list[str]) -> list[list[int]]:
     try:
-        return [[int(c) for c in value.split(",") if c] for value in values]
+        stages = [[int(c) for c in value.split(",") if c] for value in values]
     except ValueError:
         raise FaceNASError(f"--channels takes integers per stage, commas for alternatives, not {values}") from None
+    if any(not stage or min(stage) < 1 for stage in stages):
+        raise FaceNASError(f"--channels takes positive integers per stage, commas for alternatives, not {values}")
+    return stages
 
 
 def explicit_spaces(args: argparse.Namespace) -> list[SearchSpace]:
@@ -3556,8 +3862,6 @@ def explicit_spaces(args: argparse.Namespace) -> list[SearchSpace]:
     channel_options = (_split_channels(args.channels) if args.channels
                        else [[stage["channels"]] for stage in experiment["stages"]])
     n_stages = args.stages or len(channel_options)
-    if n_stages < 1:
-        raise FaceNASError("--stages must be at least 1")
     channel_options = (channel_options + [channel_options[-1]] * n_stages)[:n_stages]
     maxpool = experiment["maxpool"] if args.maxpool is None else args.maxpool
     strides = args.strides or [1 if (maxpool and i == 0) else 2 for i in range(min(4, n_stages))]
@@ -3677,8 +3981,6 @@ def collect_networks(args: argparse.Namespace, spaces: list[SearchSpace]) -> lis
     if (args.random_archs or args.fit_archs) and not spaces:
         raise FaceNASError("--random-archs/--fit-archs draw from the selected spaces: add --preset, --space or "
                            "--families")
-    if args.random_archs < 0 or args.fit_archs < 0 or args.repeats < 1:
-        raise FaceNASError("--random-archs and --fit-archs must be >= 0, --repeats >= 1")
     if args.random_archs and args.fit_archs and args.seed == args.fit_seed:
         raise FaceNASError("--fit-seed must differ from --seed (fitting and validation networks must differ)")
     validate, fit = validation_and_fit_archs(spaces, args.random_archs, args.seed, args.fit_archs, args.fit_seed)
@@ -3747,11 +4049,12 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (--preset {args.preset} profiles a GPU; pass --device cpu to profile this CPU)" if args.preset else ""
         raise FaceNASError(f"CUDA is not available on this machine{hint}")
     check_device(device)
-    batch = args.batch or (PRESETS[args.preset]["latency_batch"] if args.preset else DEFAULT_BATCH[device])
-    threads = args.threads or torch.get_num_threads()
-    if batch < 1 or threads < 1 or args.rounds < 1:
-        raise FaceNASError("--batch, --threads and --rounds must be at least 1")
-    out = Path(args.out or default_out(args, device, batch, resolution))
+    batch = args.batch if args.batch is not None else (PRESETS[args.preset]["latency_batch"] if args.preset
+                                                       else DEFAULT_BATCH[device])
+    threads = args.threads if args.threads is not None else torch.get_num_threads()
+    out = check_output_file(args.out or default_out(args, device, batch, resolution), "--out")
+    log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
+    remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
                         preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note)
     resumed = out.exists()
@@ -3769,7 +4072,7 @@ def main(argv: list[str] | None = None) -> None:
     busy = _busy_warning(table.meta["device"], threads)
     if busy:
         print(f"warning: {busy}", file=sys.stderr)
-    log = RunLog(Path(args.log) if args.log else out.with_suffix(".log"))
+    log = RunLog(log_path)
     if busy:
         log(f"warning: {busy}")
     log(f"run: {' '.join(shlex.quote(a) for a in (sys.argv if argv is None else ['profile_latency.py', *argv]))}")

@@ -24,21 +24,38 @@ CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epoch
 #: Networks measured to calibrate a table that internal mode creates: (fitting, held-out), as profile_latency.py.
 CALIBRATION_NETWORKS = (24, 8)
 THESIS = {"img_size": 640, "warmup_epochs": 40, "search_epochs": 120, "arch_lr": 1e-3, "lr": 1e-3}
+#: A target more than this factor above the largest (or below the smallest) network of the space is refused.
+TARGET_FACTOR = 1000.0
+#: Smallest training resolution: the backbone's stride-32 level needs at least one cell.
+MIN_IMG_SIZE = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.config import HelpFormatter
+    from utils.options import (
+        NON_NEGATIVE_FLOAT,
+        NON_NEGATIVE_INT,
+        POSITIVE_FLOAT,
+        POSITIVE_INT,
+        PROBABILITY,
+        SEED,
+        OptionParser,
+        float_range,
+        int_range,
+    )
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = OptionParser(prog="search.py", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML file of options (the command line overrides it)")
     g = p.add_argument_group("target")
     g.add_argument("--latency-table", required=True, metavar="FILE",
                    help="latency (or FLOPs/params/acts) table JSON; created here when missing (required)")
-    g.add_argument("--target", type=float, required=True,
-                   help="target (reference) backbone latency T in the table's unit, e.g. ms (required)")
-    g.add_argument("--lambda", dest="lam", type=float, default=None,
-                   help="weight of the latency loss (default: the preset's, 7 for rpi4/jetson, 0.75 for dgx)")
-    g.add_argument("--p1", type=float, default=0.5,
+    g.add_argument("--target", type=POSITIVE_FLOAT, required=True,
+                   help="target (reference) backbone latency T in the table's unit, e.g. ms; must lie within a "
+                        f"factor {TARGET_FACTOR:g} of the space's reachable range (required)")
+    g.add_argument("--lambda", dest="lam", type=NON_NEGATIVE_FLOAT, default=None,
+                   help="weight of the latency loss; 0 searches for accuracy alone (default: the preset's, 7 for "
+                        "rpi4/jetson, 0.75 for dgx)")
+    g.add_argument("--p1", type=PROBABILITY, default=0.5,
                    help="formula 12 weight of the probability-weighted latency; 1.0 gives formula 11 (default: 0.5)")
     g.add_argument("--loss-form", choices=["abs", "proxyless", "hinge"], default="abs",
                    help="latency loss: abs = formula 10, proxyless = formula 8, hinge = formula 9 (default: abs)")
@@ -47,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "latency is within --tolerance of the target (an exact knapsack over the edges); argmax = "
                         "the most probable candidate of every edge, whatever it costs (ProxylessNAS). arch.json "
                         "records both (default: budget)")
-    g.add_argument("--tolerance", type=float, default=0.02,
+    g.add_argument("--tolerance", type=float_range(0, 1, high_open=True), default=0.02,
                    help="relative half-width of the budget window, 0.02 = +-2%% of the target (default: 0.02)")
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=None,
@@ -56,54 +73,65 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hardswish", action="store_true", help="HardSwish in stages 3-4 and the last conv (_HS)")
     g.add_argument("--pre-stage", default=None, help="fixed pre-stage block, e.g. 3x3_KKConv_Mid_16 "
                                                      "(default: the space's)")
-    g.add_argument("--last-channels", type=int, default=None, help="last 1x1 conv width (default: the space's)")
+    g.add_argument("--last-channels", type=POSITIVE_INT, default=None,
+                   help="last 1x1 conv width (default: the space's)")
     g.add_argument("--single-path", action="store_true",
                    help="one sampled candidate per architecture step with gate gradients over all candidates "
                         "(default: ProxylessNAS two-path sampling)")
     g = p.add_argument_group("schedule (defaults: thesis-scale on a GPU, a ~15-minute run on a CPU)")
-    g.add_argument("--warmup-epochs", type=int, default=None, help="weights-only epochs on random paths "
-                                                                   "(default: 40 on GPU, 2 on CPU)")
-    g.add_argument("--search-epochs", type=int, default=None, help="search epochs (default: 120 on GPU, 5 on CPU)")
-    g.add_argument("--arch-every", type=int, default=5, help="weight steps per architecture step (default: 5)")
-    g.add_argument("--max-steps-per-epoch", type=int, default=None,
+    g.add_argument("--warmup-epochs", type=NON_NEGATIVE_INT, default=None,
+                   help="weights-only epochs on random paths (default: 40 on GPU, 2 on CPU)")
+    g.add_argument("--search-epochs", type=NON_NEGATIVE_INT, default=None,
+                   help="search epochs; 0 stops after warm-up without deriving an architecture (continue later "
+                        "with --resume warmup) (default: 120 on GPU, 5 on CPU)")
+    g.add_argument("--arch-every", type=POSITIVE_INT, default=5,
+                   help="weight steps per architecture step (default: 5)")
+    g.add_argument("--max-steps-per-epoch", type=POSITIVE_INT, default=None,
                    help="cap on weight steps per epoch, for quick trials (default: the whole split)")
-    g.add_argument("--batch-size", type=int, default=None,
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=None,
                    help="images per weight step over all processes, as in train.py; divided among torchrun "
                         "processes, so it must be a multiple of their number (default: the preset's 32 rpi4/jetson, "
                         "24 dgx on GPU; 8 on CPU)")
-    g.add_argument("--img-size", type=int, default=None, help="training/search resolution (default: 640 on GPU, "
-                                                              "320 on CPU)")
-    g.add_argument("--lr", type=float, default=None, help="weight SGD learning rate (default: 1e-3, RetinaFace; "
-                                                          "0.01 for the short CPU run)")
-    g.add_argument("--momentum", type=float, default=0.9, help="weight SGD momentum (default: 0.9)")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay of the weights (default: 5e-4)")
-    g.add_argument("--arch-lr", type=float, default=None,
+    g.add_argument("--img-size", type=int_range(MIN_IMG_SIZE), default=None,
+                   help="training/search resolution (default: 640 on GPU, 320 on CPU)")
+    g.add_argument("--lr", type=POSITIVE_FLOAT, default=None,
+                   help="weight SGD learning rate (default: 1e-3, RetinaFace; 0.01 for the short CPU run)")
+    g.add_argument("--momentum", type=float_range(0, 1, high_open=True), default=0.9,
+                   help="weight SGD momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, default=5e-4,
+                   help="weight decay of the weights (default: 5e-4)")
+    g.add_argument("--arch-lr", type=POSITIVE_FLOAT, default=None,
                    help="Adam learning rate of the alphas, betas (0, 0.999) (default: 1e-3, ProxylessNAS; 0.2 for "
                         "the short CPU run, which has ~100x fewer architecture steps)")
-    g.add_argument("--holdout-fraction", type=float, default=0.2,
+    g.add_argument("--holdout-fraction", type=float_range(0, 1, low_open=True, high_open=True), default=0.2,
                    help="share of the training images held out for architecture steps (default: 0.2)")
     g = p.add_argument_group("run")
     g.add_argument("--data-root", default=None, help="WIDER FACE root (docs/DATA.md); default: built-in dataset")
     g.add_argument("--out-dir", default=None, help="output folder (default: runs/search_<space>_T<target>)")
     g.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                   help="resume from OUT/last.pth (no value), OUT/warmup.pth ('warmup') or a checkpoint path")
-    g.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="resume from OUT/last.pth (no value; OUT/warmup.pth when a kill left no last.pth), "
+                        "OUT/warmup.pth ('warmup') or a checkpoint path (default: start fresh)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out-dir that holds an earlier search: its arch.json, checkpoints "
+                        "(epoch_*.pth included), history and plot are deleted first (default: refuse and stop)")
+    g.add_argument("--save-every", type=NON_NEGATIVE_INT, default=0, metavar="N",
                    help="also keep OUT/epoch_NNNN.pth every N epochs, to resume from that epoch later; 0 keeps only "
                         "last.pth and warmup.pth (default: 0)")
-    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and path sampling "
-                                                       "(default: 0)")
+    g.add_argument("--seed", type=SEED, default=0,
+                   help="seed of data order, augmentation and path sampling (default: 0)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on GPUs, BatchNorm statistics over all processes (SyncBatchNorm); a no-op "
                         "with one process, refused on CPU processes (default: off, per-process statistics)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on with CUDA)")
-    g.add_argument("--workers", type=int, default=None, help="data loader workers (default: 2 on CPU, 4 on GPU)")
-    g.add_argument("--calibration-networks", type=int, nargs=2, default=list(CALIBRATION_NETWORKS),
+    g.add_argument("--workers", type=NON_NEGATIVE_INT, default=None,
+                   help="data loader workers (default: 2 on CPU, 4 on GPU)")
+    g.add_argument("--calibration-networks", type=NON_NEGATIVE_INT, nargs=2, default=list(CALIBRATION_NETWORKS),
                    metavar=("FIT", "HELD_OUT"),
                    help="when the table is created here: whole networks of the space measured end to end to fit "
-                        "the table's calibration, and others to score it; each costs about 2 s per round on a "
-                        "2-core x86 at 320 px, 3 rounds (default: "
+                        "the table's calibration (0, or at least 3), and others to score it; each costs about 2 s "
+                        "per round on a 2-core x86 at 320 px, 3 rounds (default: "
                         f"{CALIBRATION_NETWORKS[0]} {CALIBRATION_NETWORKS[1]})")
     g.add_argument("--no-calibration", action="store_true",
                    help="when the table is created here, measure its blocks only and fit no calibration (default: "
@@ -120,28 +148,33 @@ def main(argv: list[str] | None = None) -> None:
 
     args, _ = parse_args(build_parser(), argv)
     from engine.distributed import cleanup, init_distributed
-    from engine.run_log import setup_logging
+    from engine.run_log import open_log_file, setup_logging
 
     _check_options(args)
     dist = init_distributed(args.device)
     table_path = Path(args.latency_table)
     space = _space(args, table_path)
     out_dir = Path(args.out_dir or f"runs/search_{space.name}_T{args.target:g}")
+    resume = _check_paths(args, table_path, out_dir)
     settings = _settings(args, space, dist, out_dir)  # checks --batch-size and --sync-bn before anything is written
-    log = setup_logging(out_dir / "search.log", dist.is_main, dist.rank)
+    # Console only until every check has passed: a failed start leaves no run folder behind.
+    log = setup_logging(None, dist.is_main, dist.rank)
     table, costs = _table_and_costs(args, table_path, space, dist, log)
+    _check_target(args.target, costs, table_path)
     on_gpu = dist.device.type == "cuda"
-    if dist.is_main:
-        _print_start(log, space, table, table_path, costs, settings, on_gpu, dist)
     from nas.searcher import Searcher
 
     searcher = Searcher(space, costs, settings, dist, log, {**table.meta, "path": str(table_path)})
-    if args.resume:
-        ckpt = {"last": out_dir / "last.pth", "warmup": out_dir / "warmup.pth"}.get(args.resume, Path(args.resume))
-        changed = searcher.load_checkpoint(ckpt)
-        log.info(f"resumed from {ckpt} at epoch {searcher.epoch}" + (f"; changed: {', '.join(changed)}"
-                                                                     if changed else ""))
+    changed = searcher.load_checkpoint(resume) if resume is not None else []
     _check_arch_steps(searcher, settings)
+    searcher.loaders()  # the data is read (and checked) before the run folder exists
+    if dist.is_main:
+        _prepare_out_dir(out_dir, args.overwrite, log)
+        open_log_file(log, out_dir / "search.log")
+        _print_start(log, space, table, table_path, costs, settings, on_gpu, dist)
+    if resume is not None:
+        log.info(f"resumed from {resume} at epoch {searcher.epoch}" + (f"; changed: {', '.join(changed)}"
+                                                                       if changed else ""))
     result = searcher.run()
     if dist.is_main:
         _print_result(log, result, args, table, table_path, costs.unit, out_dir, on_gpu)
@@ -149,18 +182,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Checked before anything is written: a bad target must not leave an empty table or run folder behind."""
-    if args.target <= 0:
-        raise FaceNASError(f"--target must be positive, got {args.target:g}; give the backbone latency budget in the "
-                           "table's unit (ms for a latency table)")
-    if args.save_every < 0:
-        raise FaceNASError(f"--save-every must be 0 or more, got {args.save_every}")
-    if not 0 <= args.tolerance < 1:
-        raise FaceNASError(f"--tolerance must be in [0, 1), got {args.tolerance:g}")
-    fit, held_out = args.calibration_networks
-    if fit < 0 or held_out < 0 or 0 < fit < 3:
-        raise FaceNASError(f"--calibration-networks needs 0 or at least 3 fitting networks and >= 0 held out, got "
-                           f"{fit} {held_out}")
+    """What the option types cannot see alone (each value is range-checked by its type)."""
+    if args.warmup_epochs == 0 and args.search_epochs == 0:
+        raise FaceNASError("--warmup-epochs 0 with --search-epochs 0 trains nothing; give at least one epoch")
+    fit, _ = args.calibration_networks
+    if 0 < fit < 3:
+        raise FaceNASError(f"--calibration-networks needs 0 or at least 3 fitting networks, got {fit}")
 
 
 def _check_arch_steps(searcher, settings) -> None:
@@ -176,6 +203,66 @@ def _check_arch_steps(searcher, settings) -> None:
         f"images, batch {settings.batch_size} = {settings.world_size} process(es) x {settings.batch_per_process}"
         f"{cap}), so the search would run no architecture step at all; use --arch-every {max(1, steps)} or less, or "
         "more steps per epoch (a smaller --batch-size, a larger --max-steps-per-epoch, more training images)")
+
+
+def _search_files(out_dir: Path) -> list[Path]:
+    """The files of an earlier search in ``out_dir`` (result, checkpoints, history, plot)."""
+    named = [out_dir / n for n in ("arch.json", "last.pth", "warmup.pth", "history.json", "search.png")]
+    return [p for p in named if p.exists()] + sorted(out_dir.glob("epoch_*.pth"))
+
+
+def _check_paths(args: argparse.Namespace, table_path: Path, out_dir: Path) -> Path | None:
+    """Output paths and the run folder's state, checked before any work; returns the checkpoint to resume."""
+    from utils.options import check_output_dir, check_output_file
+
+    check_output_dir(out_dir, "--out-dir")
+    if not table_path.exists():
+        check_output_file(table_path, "--latency-table (a new table is created there)")
+    resume = None
+    if args.resume == "last":
+        resume = out_dir / "last.pth"
+        if not resume.is_file():
+            # A kill inside the first write of last.pth: the extra checkpoints written just before hold that state.
+            extras = [p for p in [out_dir / "warmup.pth", *sorted(out_dir.glob("epoch_*.pth"))] if p.is_file()]
+            if not extras:
+                raise FaceNASError(f"{resume}: search checkpoint not found (nor warmup.pth or epoch_*.pth beside "
+                                   "it); start without --resume, or give the --out-dir of the search to continue")
+            resume = extras[-1]
+    elif args.resume == "warmup":
+        resume = out_dir / "warmup.pth"
+    elif args.resume is not None:
+        resume = Path(args.resume)
+    if resume is not None and not resume.is_file():
+        raise FaceNASError(f"{resume}: search checkpoint not found; a search writes OUT/last.pth and OUT/warmup.pth")
+    inside = resume is not None and resume.resolve().parent == out_dir.resolve()
+    if inside and args.overwrite:
+        raise FaceNASError(f"{resume}: --overwrite would delete the checkpoint that --resume reads; drop one of them")
+    earlier = _search_files(out_dir) if out_dir.is_dir() else []
+    if earlier and not inside and not args.overwrite:
+        names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise FaceNASError(f"{out_dir}: holds an earlier search ({names}); continue it with --resume, start over "
+                           "with --overwrite (deletes it), or choose another --out-dir")
+    return resume
+
+
+def _check_target(target: float, costs, table_path: Path) -> None:
+    """Refuse a target so far outside the reachable range that the latency loss would be flat or overflow."""
+    low, high = costs.smallest, costs.largest
+    if target > TARGET_FACTOR * high or (low > 0 and target < low / TARGET_FACTOR):
+        raise FaceNASError(f"{table_path}: --target {target:g} {costs.unit} is more than {TARGET_FACTOR:g} times "
+                           f"outside what the space reaches ({low:.4g} .. {high:.4g} {costs.unit}), so the latency "
+                           "loss would be flat or overflow; give a target in the table's unit near that range")
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool, log) -> None:
+    """Create the run folder; with --overwrite delete the earlier search first."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        old = _search_files(out_dir)
+        for path in old:
+            path.unlink()
+        if old:
+            log.info(f"--overwrite: deleted the earlier search in {out_dir} ({', '.join(p.name for p in old)})")
 
 
 def _space(args: argparse.Namespace, table_path: Path):
@@ -201,8 +288,11 @@ def _table_and_costs(args: argparse.Namespace, table_path: Path, space, dist, lo
     from latency.internal_mode import LatencyTable
     from latency.predict import describe_calibration, edge_costs
     from models.search_space import PRESETS
+    from utils.atomic import remove_stale_temporaries
 
     preset = PRESETS[space.preset]
+    if dist.is_main:  # temporaries of an internal-mode fill killed earlier
+        remove_stale_temporaries(table_path.parent, [table_path.name])
     created = not table_path.exists()
     if created:
         device = args.table_device or ("cuda" if preset["gpu"] and torch.cuda.is_available() else "cpu")
@@ -265,6 +355,10 @@ def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
 def _print_result(log, result: dict, args: argparse.Namespace, table, table_path: Path, unit: str, out_dir: Path,
                   on_gpu: bool) -> None:
     arch = result["arch"]
+    if arch is None:
+        log.info(f"warm-up only (no search epoch): no architecture derived; {out_dir / 'warmup.pth'} continues it "
+                 f"with --resume warmup --search-epochs N --out-dir {out_dir}")
+        return
     log.info("\n" + arch.describe())
     metric = table.meta.get("metric", "latency")
     for name, derived in (("budget", result["budget"]), ("argmax", result["argmax"])):

@@ -20,7 +20,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -30,6 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import HelpFormatter, parse_args, write_config
 from utils.errors import FaceNASError, run_cli
+from utils.options import (
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    OptionParser,
+    float_range,
+    int_range,
+)
 
 if TYPE_CHECKING:  # torch is imported after parsing, so that `--help` and bad options answer at once
     import torch
@@ -44,6 +53,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 """Values that depend on the preset (and, for ``recipe``, on the backbone width)."""
 
+#: Smallest training size: the backbone's stride-32 level needs at least one cell.
+MIN_IMG_SIZE = 32
+
 # Settings that define a run: on --resume they come from the checkpoint unless given again.
 RUN_KEYS = ("model", "fpn_channels", "data_root", "img_size", "batch_size", "epochs", "decay_epochs", "decay_rate",
             "warmup_epochs", "lr", "momentum", "weight_decay", "grad_clip", "seed", "amp", "preset", "save_every",
@@ -52,7 +64,7 @@ RUN_KEYS = ("model", "fpn_channels", "data_root", "img_size", "batch_size", "epo
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (timm-style groups); every option states its default."""
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=HelpFormatter)
+    parser = OptionParser(prog="train.py", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
                         help="YAML file of option: value pairs (e.g. configs/quick_cpu.yaml); the command line "
                              "overrides it (default: none)")
@@ -64,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", default="mobile0.25",
                        help="backbone: registry name (facenas_r12_v3_hs), thesis spelling (R12_V3_HS, mobile0.25, "
                             "resnet50) or an architecture .json file written by search.py (default: mobile0.25)")
-    group.add_argument("--fpn-channels", type=int, default=None, metavar="C",
+    group.add_argument("--fpn-channels", type=POSITIVE_INT, default=None, metavar="C",
                        help="FPN/SSH width (default: 256 for backbones with >= 1024 channels, else 64)")
     group.add_argument("--backbone-weights", default=None, metavar="FILE",
                        help="initialise the backbone from a classification checkpoint of the same network (e.g. "
@@ -75,30 +87,33 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--data-root", default=None, metavar="DIR",
                        help="WIDER FACE root with train/label.txt and train/images/ (docs/DATA.md) (default: the "
                             "built-in synthetic dataset, generated on first use)")
-    group.add_argument("--img-size", type=int, default=None, metavar="PX",
+    group.add_argument("--img-size", type=int_range(MIN_IMG_SIZE), default=None, metavar="PX",
                        help="square training size (default: 640 recipe, 320 quick)")
-    group.add_argument("--workers", type=int, default=None, metavar="N",
+    group.add_argument("--workers", type=NON_NEGATIVE_INT, default=None, metavar="N",
                        help="DataLoader worker processes per training process (default: min(4, CPU cores))")
 
     group = parser.add_argument_group("Optimizer (SGD)")
-    group.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 recipe, 1e-2 quick)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    group.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
-    group.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+    group.add_argument("--lr", type=POSITIVE_FLOAT, default=None,
+                       help="learning rate (default: 1e-3 recipe, 1e-2 quick)")
+    group.add_argument("--momentum", type=float_range(0, 1, high_open=True), default=0.9,
+                       help="SGD momentum (default: 0.9)")
+    group.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, default=5e-4, help="weight decay (default: 5e-4)")
+    group.add_argument("--grad-clip", type=POSITIVE_FLOAT, default=None, metavar="NORM",
                        help="clip the gradient norm to this value (default: no clipping, as the recipe)")
 
     group = parser.add_argument_group("Schedule")
-    group.add_argument("--epochs", type=int, default=None,
+    group.add_argument("--epochs", type=POSITIVE_INT, default=None,
                        help="epochs (default: 250 mobile / 100 wide backbones with the recipe, 6 quick)")
-    group.add_argument("--batch-size", type=int, default=None, metavar="B",
+    group.add_argument("--batch-size", type=POSITIVE_INT, default=None, metavar="B",
                        help="images per step over all processes, as in search.py; divided among torchrun processes, "
                             "so it must be a multiple of their number (default: 32 mobile / 24 wide with the recipe, "
                             "8 quick)")
-    group.add_argument("--decay-epochs", type=int, nargs="*", default=None, metavar="E",
+    group.add_argument("--decay-epochs", type=POSITIVE_INT, nargs="*", default=None, metavar="E",
                        help="epochs (1-based, as in the recipe) after which the lr is multiplied by --decay-rate "
                             "(default: 190 220 mobile / 70 90 wide with the recipe, 5 quick)")
-    group.add_argument("--decay-rate", type=float, default=0.1, help="lr decay factor (default: 0.1)")
-    group.add_argument("--warmup-epochs", type=float, default=None,
+    group.add_argument("--decay-rate", type=float_range(0, 1, low_open=True), default=0.1,
+                       help="lr decay factor (default: 0.1)")
+    group.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=None,
                        help="linear lr warm-up from 0.1 x lr over this many epochs (default: 0 recipe, 1 quick)")
 
     group = parser.add_argument_group("Run")
@@ -108,28 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                        help="continue a run from a checkpoint; without a path, OUT_DIR/last.pth (default: start "
                             "fresh)")
-    group.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation "
-                                                           "(default: 0)")
+    group.add_argument("--seed", type=SEED, default=0,
+                       help="seed of initialisation, data order and augmentation (default: 0)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = the GPU of "
                                                         "LOCAL_RANK if CUDA is available, else cpu)")
     group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                        help="mixed precision (float16 autocast + gradient scaling) (default: on with CUDA, off on "
                             "CPU)")
-    group.add_argument("--save-every", type=int, default=10, metavar="N",
+    group.add_argument("--save-every", type=NON_NEGATIVE_INT, default=10, metavar="N",
                        help="besides last.pth (every epoch) keep epoch_NNNN.pth every N epochs; 0 = never "
                             "(default: 10)")
     group.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                        help="after training, predict the val images and compute WIDER FACE AP (default: on quick, "
                             "off recipe)")
-    group.add_argument("--test-size", type=int, default=0, metavar="PX",
+    group.add_argument("--test-size", type=int_range(MIN_IMG_SIZE, also=(0,)), default=0, metavar="PX",
                        help="test scale of that evaluation: short side in px, 0 = original size (default: 0)")
-    group.add_argument("--max-steps-per-epoch", type=int, default=0, metavar="N",
+    group.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE_INT, default=0, metavar="N",
                        help="stop each epoch after N steps, for smoke tests and benchmarks; 0 = whole epoch "
                             "(default: 0)")
     group.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
                        help="under torchrun on GPUs, BatchNorm statistics over all processes (SyncBatchNorm); a no-op "
                             "with one process, refused on CPU processes (default: off, per-process statistics)")
-    group.add_argument("--threads", type=int, default=0, metavar="N",
+    group.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, metavar="N",
                        help="CPU threads for PyTorch per process; 0 = PyTorch's default (one per core). On a busy "
                             "machine 1 can be much faster (default: 0)")
     group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -167,17 +182,6 @@ def resolve_args(args: argparse.Namespace, explicit: set[str], ckpt_args: dict[s
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
     return args
-
-
-def _check(args: argparse.Namespace) -> None:
-    for name, low in (("epochs", 1), ("batch_size", 1), ("img_size", 32), ("workers", 0), ("save_every", 0),
-                      ("max_steps_per_epoch", 0), ("test_size", 0), ("threads", 0)):
-        if getattr(args, name) < low:
-            raise FaceNASError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
-    if not args.lr > 0 or not math.isfinite(args.lr):
-        raise FaceNASError(f"--lr must be a positive number, got {args.lr}")
-    if args.warmup_epochs < 0:
-        raise FaceNASError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
 
 
 def _default_out_dir(args: argparse.Namespace) -> Path:
@@ -263,7 +267,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dist_info = init_distributed(args.device)
     try:
         args = resolve_args(args, explicit, ckpt_args, dist_info.device.type == "cuda")
-        _check(args)
         run = _set_up(args, dist_info, resume_path, resume_spec)
         _log_start(run)
         _train_epochs(run)
@@ -284,6 +287,9 @@ def _resume_source(args: argparse.Namespace, explicit: set[str]) -> tuple[Path |
         resume_path = Path(args.resume)
     elif args.out_dir:
         resume_path = Path(args.out_dir) / "last.pth"
+        extras = sorted(Path(args.out_dir).glob("epoch_*.pth"))
+        if not resume_path.is_file() and extras:
+            resume_path = extras[-1]  # a kill inside the first write of last.pth: the epoch file just before holds it
     else:
         raise FaceNASError("--resume without a path needs --out-dir (the run folder holding last.pth)")
     ckpt = load_checkpoint(resume_path)
@@ -295,13 +301,18 @@ def _resume_source(args: argparse.Namespace, explicit: set[str]) -> tuple[Path |
 def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
             resume_spec: dict[str, Any] | None) -> TrainingRun:
     """Run folder, logging, detector, data, optimizer and schedule; the resumed state when resuming."""
+    import random
+
+    import numpy as np
     import torch
 
     from engine.checkpoint import build_from_spec, model_spec, resume_training
     from engine.distributed import barrier, convert_sync_batchnorm, split_batch, sync_batchnorm_applies
     from engine.loaders import make_loader, resolve_data_root
-    from engine.run_log import setup_logging
+    from engine.run_log import open_log_file, setup_logging
     from engine.trainer import StepSchedule
+    from utils.atomic import remove_stale_temporaries
+    from utils.options import check_output_dir
 
     # recorded with the run (checkpoint "args", train.log); not options, so config.yaml leaves them out
     args.world_size, args.batch_per_process = dist_info.world_size, split_batch(args.batch_size, dist_info)
@@ -309,14 +320,20 @@ def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
         sync_batchnorm_applies(dist_info)  # refuses CPU processes before anything is written
     out_dir = Path(args.out_dir) if args.out_dir else (resume_path.parent if resume_path else _default_out_dir(args))
     args.out_dir = str(out_dir)
-    if resume_path is None and (out_dir / "last.pth").exists():
-        raise FaceNASError(f"{out_dir / 'last.pth'} exists: continue that run with --resume {out_dir / 'last.pth'}, "
-                           "or pass a new --out-dir")
-    log = setup_logging(out_dir / "train.log", dist_info.is_main, dist_info.rank)
+    check_output_dir(out_dir, "--out-dir")
+    earlier = [p for p in [out_dir / "last.pth", *sorted(out_dir.glob("epoch_*.pth"))] if p.exists()]
+    if resume_path is None and earlier:
+        raise FaceNASError(f"{earlier[0]} exists: continue that run with --resume {earlier[0]}, or pass a new "
+                           "--out-dir")
+    # Console only until everything below has been checked: a failed start leaves no run folder behind.
+    log = setup_logging(None, dist_info.is_main, dist_info.rank)
     cuda = dist_info.device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    # nothing here draws from them, but checkpoints store their states: seeded, identical runs store the same
+    random.seed(args.seed)
+    np.random.seed(args.seed)
     if cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -358,7 +375,30 @@ def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
                                spec=spec)
         run.start_epoch = int(ckpt["epoch"]) + 1
         run.history = list(ckpt.get("history") or [])
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(out_dir)
+        open_log_file(log, out_dir / "train.log")
+        if stale:
+            log.info(f"removed {len(stale)} temporary file(s) of writes killed earlier in {out_dir} "
+                     f"({', '.join(p.name for p in stale)})")
+        if resume_path is not None:
+            _restore_epoch_file(run, resume_path)
     return run
+
+
+def _restore_epoch_file(run: TrainingRun, resume_path: Path) -> None:
+    """Re-create a missing ``epoch_NNNN.pth`` that the resumed checkpoint *is* (a copy of its bytes is exact)."""
+    from utils.atomic import atomic_write
+
+    every = run.args.save_every
+    if not every or run.start_epoch % every:
+        return
+    target = run.out_dir / f"epoch_{run.start_epoch:04d}.pth"
+    if not target.exists() and target.resolve() != resume_path.resolve():
+        data = resume_path.read_bytes()
+        atomic_write(target, lambda handle: handle.write(data))
+        run.log.info(f"re-created {target} from {resume_path} (the same epoch {run.start_epoch} state)")
 
 
 def _log_start(run: TrainingRun) -> None:
@@ -422,13 +462,12 @@ def _train_epochs(run: TrainingRun) -> None:
         run.history.append({"epoch": epoch, **{k: float(stats[k]) for k in ("total", "cls", "box", "landmark", "lr",
                                                                              "seconds", "images_per_s")}})
         if dist_info.is_main:
-            paths = [run.last]
-            if args.save_every and (epoch + 1) % args.save_every == 0:
-                paths.append(run.out_dir / f"epoch_{epoch + 1:04d}.pth")
-            for path in paths:
-                save_checkpoint(path, model=run.detector, spec=run.spec, fpn_channels=run.detector.fpn_channels,
-                                epoch=epoch, optimizer=run.optimizer, scheduler=run.schedule, scaler=run.scaler,
-                                args=vars(args), history=run.history)
+            # the extra file first: a kill between the writes leaves it and an older last.pth, which redoes the epoch
+            paths = [run.out_dir / f"epoch_{epoch + 1:04d}.pth"] if args.save_every and \
+                (epoch + 1) % args.save_every == 0 else []
+            save_checkpoint([*paths, run.last], model=run.detector, spec=run.spec,
+                            fpn_channels=run.detector.fpn_channels, epoch=epoch, optimizer=run.optimizer,
+                            scheduler=run.schedule, scaler=run.scaler, args=vars(args), history=run.history)
             plot_losses(run.history, run.out_dir / "loss_curve.png", f"RetinaFace + {args.model}")
         barrier(dist_info)
 

@@ -19,7 +19,10 @@ evaluation.py`` of the RetinaFace repositories), including its semantics:
   images without predictions); AP is the VOC area under the precision envelope.
 
 Deliberate differences from the port (none changes the numbers for a complete, well-formed prediction folder):
-a missing prediction file counts as zero detections (the port raises KeyError) and is reported once as a warning;
+a prediction file whose boxes are not listed by descending score is sorted (stably) before scoring and reported once
+as a warning, because the protocol assumes that order and the port's file-order result would silently undercount
+(``sort_boxes=False`` keeps the file order, as the port does); a missing prediction file counts as zero detections
+(the port raises KeyError) and is reported once as a warning;
 files are looked up by file name rather than by the name written inside; files that are not val images are not
 read; malformed files raise :class:`~utils.errors.FaceNASError` with ``file:line``; when every score is equal
 (the port divides 0 by 0 and scores AP 0) every normalised score becomes 1.
@@ -407,17 +410,31 @@ def evaluate_predictions(preds: list[np.ndarray], gt: WiderGroundTruth, iou_thre
     return result
 
 
-def evaluate_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou_thresh: float = IOU_THRESH) -> dict:
+def unsorted_predictions(preds: list[np.ndarray]) -> list[int]:
+    """Indices of the prediction arrays whose scores are not in descending order."""
+    return [i for i, p in enumerate(preds) if len(p) > 1 and bool((np.diff(p[:, 4]) > 0).any())]
+
+
+def sort_by_score(pred: np.ndarray) -> np.ndarray:
+    """Rows of one image's predictions by descending score (stable: equal scores keep their file order)."""
+    return pred[np.argsort(-pred[:, 4], kind="stable")]
+
+
+def evaluate_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou_thresh: float = IOU_THRESH,
+                    sort_boxes: bool = True) -> dict:
     """Evaluate a prediction folder against the official ground truth.
 
     Args:
         pred_dir: ``PRED/<event>/<name>.txt`` files.
         gt_dir: Folder of the four official ``.mat`` files.
         iou_thresh: Match threshold (0.5 in the protocol).
+        sort_boxes: Sort the boxes of files not listed by descending score (what the protocol assumes) before
+            scoring; False scores them in file order as the official tools do. A warning names such files either way.
 
     Returns:
         The dict of :func:`evaluate_predictions` plus ``"missing"``: the number of val images without a
-        prediction file (each counted as zero detections; a warning reports the count once).
+        prediction file (each counted as zero detections; a warning reports the count once), and ``"unsorted"``:
+        the number of files not sorted by descending score.
 
     Raises:
         FaceNASError: See :func:`load_ground_truth` and :func:`read_prediction_folder`.
@@ -427,8 +444,20 @@ def evaluate_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, iou_
     if missing:
         warnings.warn(f"{pred_dir}: {missing} of {len(gt)} val images have no prediction file; counted as zero "
                       "detections", UserWarning, stacklevel=2)
+    unsorted = unsorted_predictions(preds)
+    if unsorted:
+        first = Path(pred_dir) / gt.events[unsorted[0]] / f"{gt.names[unsorted[0]]}.txt"
+        done = ("sorted them by descending score before scoring, as the protocol assumes (keep_file_order / "
+                "--keep-file-order scores the file order, as the official tools do)") if sort_boxes else \
+            "scored them in file order, as the official tools do; the protocol assumes descending scores"
+        warnings.warn(f"{first}: boxes not listed by descending score ({len(unsorted)} of {len(preds)} prediction "
+                      f"files are like this); {done}", UserWarning, stacklevel=2)
+        if sort_boxes:
+            for i in unsorted:
+                preds[i] = sort_by_score(preds[i])
     result = evaluate_predictions(preds, gt, iou_thresh)
     result["missing"] = missing
+    result["unsorted"] = len(unsorted)
     return result
 
 

@@ -37,7 +37,12 @@ FORMAT = "facenas-retinaface/1"
 
 
 def write_checkpoint(paths: str | Path | list[str | Path], payload: dict[str, Any]) -> None:
-    """Serialise ``payload`` once and write it atomically (temporary file + rename) to every path in ``paths``."""
+    """Serialise ``payload`` once and write it atomically (temporary file + rename) to every path in ``paths``.
+
+    The files are written in the order given. Put ``last.pth`` *last*: a kill between two writes then leaves the extra
+    files (``warmup.pth``, ``epoch_NNNN.pth``) complete and ``last.pth`` one epoch older, and resuming from it redoes
+    that epoch and writes the same files again; the other order would lose the extra files for good.
+    """
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     for path in paths if isinstance(paths, list) else [paths]:
@@ -151,14 +156,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, spec: dict[str, Any], fpn_channels: int, epoch: int,
-                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                    scaler: torch.amp.GradScaler | None = None, args: dict[str, Any] | None = None,
-                    history: list[dict[str, float]] | None = None, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(path: str | Path | list[str | Path], *, model: nn.Module, spec: dict[str, Any],
+                    fpn_channels: int, epoch: int, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, scaler: torch.amp.GradScaler | None = None,
+                    args: dict[str, Any] | None = None, history: list[dict[str, float]] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
     """Write a checkpoint atomically (temporary file + rename: a crash never leaves a half-written file).
 
     Args:
-        path: target file.
+        path: target file, or several written in order with the same bytes (see :func:`write_checkpoint`).
         model: the detector (DDP / compiled wrappers are unwrapped).
         spec: :func:`model_spec` of the model.
         fpn_channels: the detector's FPN width.

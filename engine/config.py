@@ -17,6 +17,7 @@ import yaml
 
 from utils.atomic import atomic_write_text
 from utils.errors import FaceNASError
+from utils.options import OptionParser, RangeHelpFormatter
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -26,8 +27,9 @@ class _RaisingParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the description's line breaks; option help strings state their defaults themselves."""
+class HelpFormatter(RangeHelpFormatter):
+    """Keep the description's line breaks; option help strings state their defaults themselves, and range-checked
+    options (:mod:`utils.options`) get their range appended."""
 
 
 def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -132,13 +134,13 @@ def parse_args(parser: argparse.ArgumentParser,
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OptionParser(prog=parser.prog, add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     extra = config_to_argv(known.config, parser) if known.config else []
     args = parser.parse_args(extra + argv)
     args.config = known.config
-    probe = argparse.ArgumentParser(add_help=False)
+    probe = OptionParser(prog=parser.prog, add_help=False)
     probe._add_container_actions(parser)  # noqa: SLF001 - the same options, without their defaults
     for action in probe._actions:  # noqa: SLF001
         action.default = argparse.SUPPRESS

@@ -4,10 +4,13 @@ The order of an epoch is a pure function of ``(seed, epoch)``: :class:`ShardedSa
 indices with a generator seeded by both and hands each rank every ``world_size``-th index, so one process and N
 processes visit the same images per epoch, and a resumed run the same images as an uninterrupted one. Augmentation
 is seeded per ``(seed, epoch, index)`` by the dataset itself (``WiderFaceDetection.set_epoch``), so the number of
-workers does not change the batches either. Call :func:`set_epoch` before iterating each epoch.
+workers does not change the batches either. Call :func:`set_epoch` before iterating each epoch, and iterate inside
+:func:`one_line_worker_errors` so that a bad image found by a worker process is reported like one found in the main
+process.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -167,3 +170,34 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     for obj in (loader.sampler, loader.dataset, getattr(loader.dataset, "dataset", None)):
         if obj is not None and hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
+
+
+def worker_error_message(message: str) -> str | None:
+    """The original one-line message inside an error that torch re-raised from a DataLoader worker, or ``None``.
+
+    torch re-raises a worker's exception in the main process as the same type, with a message of several lines:
+    ``Caught X in DataLoader worker process N.``, then the worker's traceback, whose last line is
+    ``module.X: original message``.
+    """
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].startswith("Caught ") or "DataLoader worker" not in lines[0]:
+        return None
+    _, sep, original = lines[-1].partition(": ")
+    return original.strip() if sep and original.strip() else None
+
+
+@contextlib.contextmanager
+def one_line_worker_errors() -> Iterator[None]:
+    """Turn a :class:`FaceNASError` raised in a DataLoader worker back into its one-line message.
+
+    Wrap the loop that consumes batches. Without it, a corrupt image read by a worker reaches the user as the worker's
+    whole traceback; with it, as the same ``PATH: not a readable image ...`` line as with ``--workers 0``. Other
+    exceptions pass unchanged (they are bugs and keep their traceback).
+    """
+    try:
+        yield
+    except FaceNASError as exc:
+        original = worker_error_message(str(exc))
+        if original is None:
+            raise
+        raise FaceNASError(original) from None

@@ -2,7 +2,9 @@
 
 Only the main process writes: the console gets ``message`` lines (routed through ``tqdm.write`` so progress bars
 stay intact) and the run folder gets a timestamped log file that is appended to on resume. Other ranks log warnings
-and errors only, prefixed with their rank.
+and errors only, prefixed with their rank. A script may log to the console first (``setup_logging(None)``) and open
+the file with :func:`open_log_file` once its checks have passed, so that a failed start creates no run folder; the
+file then begins with the lines logged before it was opened.
 """
 from __future__ import annotations
 
@@ -13,6 +15,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 LOGGER_NAME = "facenas"
+
+
+class _Backlog(logging.Handler):
+    """Keeps the records logged before the log file is opened (at most ``capacity``)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        super().__init__()
+        self.capacity, self.records = capacity, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < self.capacity:
+            self.records.append(record)
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -52,12 +66,24 @@ def setup_logging(log_file: str | Path | None = None, is_main: bool = True, rank
         console.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s: %(message)s"))
     logger.addHandler(console)
     if is_main and log_file is not None:
-        path = Path(log_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        logger.addHandler(file_handler)
+        open_log_file(logger, log_file)
+    elif is_main:
+        logger.addHandler(_Backlog())
     return logger
+
+
+def open_log_file(logger: logging.Logger, log_file: str | Path) -> None:
+    """Start appending the logger's records to ``log_file`` (its folder is created), beginning with the records
+    logged since ``setup_logging(None)``."""
+    path = Path(log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for handler in [h for h in logger.handlers if isinstance(h, _Backlog)]:
+        logger.removeHandler(handler)
+        for record in handler.records:
+            file_handler.handle(record)
+    logger.addHandler(file_handler)
 
 
 def close_logging(name: str = LOGGER_NAME) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from engine.distributed import DistInfo, all_reduce_sum, unwrap
+from engine.loaders import one_line_worker_errors
 from utils.errors import FaceNASError
 from utils.progress import Progress
 
@@ -232,19 +233,20 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     lr = schedule.lr_at(epoch) if schedule is not None else optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
     try:
-        for i, batch in enumerate(loader):
-            if steps is not None and i >= steps:
-                break
-            if schedule is not None:
-                lr = schedule.step(epoch, i / steps if steps else 0.0)
-            out = train_step(model, batch, criterion, optimizer, scaler, device=device, amp=amp, amp_dtype=amp_dtype,
-                             grad_clip=grad_clip, dist_info=info, epoch=epoch, step=i)
-            for key in LOSS_KEYS:
-                sums[key] += out.losses[key]
-            count += 1
-            images += out.images * info.world_size
-            bar.update(1, f"loss={out.losses['total']:.3f}, cls={out.losses['cls']:.3f}, "
-                          f"box={out.losses['box']:.3f}, lmk={out.losses['landmark']:.3f}, lr={lr:.2g}")
+        with one_line_worker_errors():  # a bad image read by a worker: one line, as without workers
+            for i, batch in enumerate(loader):
+                if steps is not None and i >= steps:
+                    break
+                if schedule is not None:
+                    lr = schedule.step(epoch, i / steps if steps else 0.0)
+                out = train_step(model, batch, criterion, optimizer, scaler, device=device, amp=amp,
+                                 amp_dtype=amp_dtype, grad_clip=grad_clip, dist_info=info, epoch=epoch, step=i)
+                for key in LOSS_KEYS:
+                    sums[key] += out.losses[key]
+                count += 1
+                images += out.images * info.world_size
+                bar.update(1, f"loss={out.losses['total']:.3f}, cls={out.losses['cls']:.3f}, "
+                              f"box={out.losses['box']:.3f}, lmk={out.losses['landmark']:.3f}, lr={lr:.2g}")
     finally:
         bar.close()
     if device is not None and torch.device(device).type == "cuda":

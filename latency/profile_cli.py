@@ -63,7 +63,19 @@ from models.search_space import (
     get_space,
     preset_spaces,
 )
+from utils.atomic import remove_stale_temporaries
 from utils.errors import FaceNASError, run_cli
+from utils.options import (
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    OptionParser,
+    check_output_file,
+    float_range,
+    int_range,
+)
 from utils.progress import Progress
 
 #: Stage blocks whose channel count changes by more than this factor are skipped (--max-channel-ratio). 8 is the
@@ -79,9 +91,8 @@ FAMILY_ORDER = ("Conv", "MaxPool", "MBV1", "MBV2", "BL", "KK", "KK_Mid", "DK")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (every option documents its default)."""
-    parser = argparse.ArgumentParser(prog="profile_latency.py", description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OptionParser(prog="profile_latency.py", description=__doc__.split("\n\n")[0],
+                          epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     what = parser.add_argument_group("what to measure")
     what.add_argument("--preset", choices=sorted(PRESETS),
                       help="every experiment space of this preset and their _HS forms, at the preset's batch (rpi4/"
@@ -101,24 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
         "explicit space (with --families; the base preset, --preset or rpi4, gives the other defaults)")
     space.add_argument("--families", nargs="+", choices=STAGE_FAMILIES, metavar="FAMILY",
                        help=f"block families of every stage, from {', '.join(STAGE_FAMILIES)} (KK includes KK_Mid)")
-    space.add_argument("--kernels", nargs="+", type=int, metavar="K",
+    space.add_argument("--kernels", nargs="+", type=POSITIVE_INT, metavar="K",
                        help="kernel sizes of MBV1/MBV2/BL (default: the preset's variations, e.g. 3 5)")
-    space.add_argument("--expansions", nargs="+", type=int, metavar="R",
+    space.add_argument("--expansions", nargs="+", type=POSITIVE_INT, metavar="R",
                        help="MBV2 expansions (default: the preset's, 3 4 6)")
-    space.add_argument("--stages", type=int, metavar="N",
+    space.add_argument("--stages", type=POSITIVE_INT, metavar="N",
                        help="number of stages (default: the number of --channels; extra stages reuse the last "
                             "channels at stride 1)")
     space.add_argument("--channels", nargs="+", metavar="C[,C...]",
                        help="output channels per stage; commas give alternatives that are all measured "
                             "(default: the base preset's default experiment, e.g. 32 64 128 256)")
-    space.add_argument("--strides", nargs="+", type=int, metavar="S",
+    space.add_argument("--strides", nargs="+", type=int_range(1, 2), metavar="S",
                        help="stride of each stage, 1 or 2 (default: 1 2 2 2 with MaxPool, 2 2 2 2 without, 1 for "
                             "extra stages)")
 
     common = parser.add_argument_group("skeleton overrides (apply to --preset, --space and explicit spaces)")
-    common.add_argument("--first-channels", nargs="+", type=int, metavar="C",
+    common.add_argument("--first-channels", nargs="+", type=POSITIVE_INT, metavar="C",
                         help="output channels of the first conv, one or more values (default: 8)")
-    common.add_argument("--last-channels", type=int, metavar="C",
+    common.add_argument("--last-channels", type=POSITIVE_INT, metavar="C",
                         help="output channels of the last 1x1 conv (default: the preset's, 2560 dgx, 256 others)")
     common.add_argument("--pre-stage", metavar="NAME",
                         help="pre-stage block, e.g. 3x3_KKConv_Mid_16 (default: the space's)")
@@ -132,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "/ 1x1_Conv_Pool) (default: the preset's: rpi4 none, jetson strided, dgx all)")
     common.add_argument("--se", choices=("none", "se", "ese"),
                         help="squeeze-excitation kind (default: the space's; dgx eSE in stages 1-2)")
-    common.add_argument("--se-stages", nargs="+", type=int, metavar="I",
+    common.add_argument("--se-stages", nargs="+", type=NON_NEGATIVE_INT, metavar="I",
                         help="stages with SE, 0 = pre-stage (default: the space's, or all stages when --se is "
                              "given to a space without SE)")
     common.add_argument("--hardswish", choices=("off", "on", "both"), default="off",
@@ -142,32 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
     how = parser.add_argument_group("how to measure")
     how.add_argument("--device", choices=("cpu", "cuda"),
                      help="where to run the blocks (default: cuda for --preset dgx/jetson, else cpu)")
-    how.add_argument("--batch", type=int,
+    how.add_argument("--batch", type=POSITIVE_INT,
                      help="batch size of the input tensor (default: the preset's; else 8 on cuda, 1 on cpu)")
-    how.add_argument("--resolution", type=int,
+    how.add_argument("--resolution", type=int_range(32),
                      help="network input side in pixels (default: the preset's, else 640; none for --names only)")
-    how.add_argument("--threads", type=int,
+    how.add_argument("--threads", type=POSITIVE_INT,
                      help=f"CPU threads, fixed for the run and recorded (default: torch's, here "
                           f"{torch.get_num_threads()})")
     how.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                      help="tensor and weight type (default: float32)")
     how.add_argument("--channels-last", action="store_true",
                      help="measure in channels_last memory format (default: contiguous NCHW)")
-    how.add_argument("--warmup", type=int, help="untimed calls per block (default: 40 cuda, 20 cpu)")
-    how.add_argument("--samples", type=int, help="timed calls per block (default: 200 cuda, 50 cpu)")
-    how.add_argument("--rounds", type=int, default=1,
+    how.add_argument("--warmup", type=NON_NEGATIVE_INT, help="untimed calls per block (default: 40 cuda, 20 cpu)")
+    how.add_argument("--samples", type=POSITIVE_INT, help="timed calls per block (default: 200 cuda, 50 cpu)")
+    how.add_argument("--rounds", type=POSITIVE_INT, default=1,
                      help="measure the whole list R times in separate passes and keep, per block, the round with "
                           "the median mean (robust to a busy or throttling spell); resuming with a larger R adds "
                           "rounds to existing entries (default: 1, the thesis protocol)")
-    how.add_argument("--rest", type=float, default=0.0, metavar="SECONDS",
+    how.add_argument("--rest", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="SECONDS",
                      help="pause between block families to let the device cool (default: 0; 30-60 s on a "
                           "Raspberry Pi without a fan)")
 
     filters = parser.add_argument_group("filters (skipped blocks are logged with the reason)")
-    filters.add_argument("--max-ms", type=float, metavar="MS",
+    filters.add_argument("--max-ms", type=POSITIVE_FLOAT, metavar="MS",
                          help="skip a block when the mean of its first 5 samples after warm-up exceeds MS "
                               "(default: no threshold)")
-    filters.add_argument("--max-channel-ratio", type=float, default=DEFAULT_MAX_CHANNEL_RATIO, metavar="R",
+    filters.add_argument("--max-channel-ratio", type=float_range(1, also=(0,)), default=DEFAULT_MAX_CHANNEL_RATIO,
+                         metavar="R",
                          help="skip stage blocks whose output/input channel ratio (either way) exceeds R, e.g. "
                               "16 -> 128 at R=4; first/last convs and MaxPool are exempt; 0 disables "
                               f"(default: {DEFAULT_MAX_CHANNEL_RATIO:g}, the largest jump in the thesis spaces)")
@@ -175,14 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     nets = parser.add_argument_group(
         "calibration: whole networks measured end to end after the blocks (stored under 'networks' in the table) "
         "and the table's calibration fitted on them; on by default")
-    nets.add_argument("--fit-archs", type=int, default=None, metavar="N",
+    nets.add_argument("--fit-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
                       help="random networks of the selected spaces to fit the calibration on: a block table alone "
                            "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
                            "--repeats x (warm-up + samples) calls per network, about 2 s per network and round for "
                            "the rpi4 preset on a 2-core x86 (so the whole rpi4 profile takes about 4 minutes there) "
                            f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
                            "are selected, 0 for --names only)")
-    nets.add_argument("--random-archs", type=int, default=None, metavar="N",
+    nets.add_argument("--random-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
                       help="other random networks, never fitted on, that measure the calibration's error (stored in "
                            f"meta.calibration.validation) (default: {DEFAULT_VALIDATION_NETWORKS} when spaces are "
                            "selected, 0 for --names only)")
@@ -192,10 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--arch", nargs="+", default=[], metavar="FILE",
                       help="architecture JSON files, measured end to end for later reports (their blocks are "
                            "measured too; never fitted on)")
-    nets.add_argument("--seed", type=int, default=VALIDATION_SEED,
+    nets.add_argument("--seed", type=SEED, default=VALIDATION_SEED,
                       help=f"seed of --random-archs (default: {VALIDATION_SEED})")
-    nets.add_argument("--fit-seed", type=int, default=FIT_SEED, help=f"seed of --fit-archs (default: {FIT_SEED})")
-    nets.add_argument("--repeats", type=int, default=3,
+    nets.add_argument("--fit-seed", type=SEED, default=FIT_SEED, help=f"seed of --fit-archs (default: {FIT_SEED})")
+    nets.add_argument("--repeats", type=POSITIVE_INT, default=3,
                       help="interleaved rounds per network; the median is kept (default: 3)")
 
     out = parser.add_argument_group("output")
@@ -211,9 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ key sets
 def _split_channels(values: list[str]) -> list[list[int]]:
     try:
-        return [[int(c) for c in value.split(",") if c] for value in values]
+        stages = [[int(c) for c in value.split(",") if c] for value in values]
     except ValueError:
         raise FaceNASError(f"--channels takes integers per stage, commas for alternatives, not {values}") from None
+    if any(not stage or min(stage) < 1 for stage in stages):
+        raise FaceNASError(f"--channels takes positive integers per stage, commas for alternatives, not {values}")
+    return stages
 
 
 def explicit_spaces(args: argparse.Namespace) -> list[SearchSpace]:
@@ -223,8 +238,6 @@ def explicit_spaces(args: argparse.Namespace) -> list[SearchSpace]:
     channel_options = (_split_channels(args.channels) if args.channels
                        else [[stage["channels"]] for stage in experiment["stages"]])
     n_stages = args.stages or len(channel_options)
-    if n_stages < 1:
-        raise FaceNASError("--stages must be at least 1")
     channel_options = (channel_options + [channel_options[-1]] * n_stages)[:n_stages]
     maxpool = experiment["maxpool"] if args.maxpool is None else args.maxpool
     strides = args.strides or [1 if (maxpool and i == 0) else 2 for i in range(min(4, n_stages))]
@@ -344,8 +357,6 @@ def collect_networks(args: argparse.Namespace, spaces: list[SearchSpace]) -> lis
     if (args.random_archs or args.fit_archs) and not spaces:
         raise FaceNASError("--random-archs/--fit-archs draw from the selected spaces: add --preset, --space or "
                            "--families")
-    if args.random_archs < 0 or args.fit_archs < 0 or args.repeats < 1:
-        raise FaceNASError("--random-archs and --fit-archs must be >= 0, --repeats >= 1")
     if args.random_archs and args.fit_archs and args.seed == args.fit_seed:
         raise FaceNASError("--fit-seed must differ from --seed (fitting and validation networks must differ)")
     validate, fit = validation_and_fit_archs(spaces, args.random_archs, args.seed, args.fit_archs, args.fit_seed)
@@ -414,11 +425,12 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (--preset {args.preset} profiles a GPU; pass --device cpu to profile this CPU)" if args.preset else ""
         raise FaceNASError(f"CUDA is not available on this machine{hint}")
     check_device(device)
-    batch = args.batch or (PRESETS[args.preset]["latency_batch"] if args.preset else DEFAULT_BATCH[device])
-    threads = args.threads or torch.get_num_threads()
-    if batch < 1 or threads < 1 or args.rounds < 1:
-        raise FaceNASError("--batch, --threads and --rounds must be at least 1")
-    out = Path(args.out or default_out(args, device, batch, resolution))
+    batch = args.batch if args.batch is not None else (PRESETS[args.preset]["latency_batch"] if args.preset
+                                                       else DEFAULT_BATCH[device])
+    threads = args.threads if args.threads is not None else torch.get_num_threads()
+    out = check_output_file(args.out or default_out(args, device, batch, resolution), "--out")
+    log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
+    remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
                         preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note)
     resumed = out.exists()
@@ -436,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     busy = _busy_warning(table.meta["device"], threads)
     if busy:
         print(f"warning: {busy}", file=sys.stderr)
-    log = RunLog(Path(args.log) if args.log else out.with_suffix(".log"))
+    log = RunLog(log_path)
     if busy:
         log(f"warning: {busy}")
     log(f"run: {' '.join(shlex.quote(a) for a in (sys.argv if argv is None else ['profile_latency.py', *argv]))}")

@@ -169,6 +169,8 @@ def _spec_problem(spec: BlockSpec) -> str | None:
             return f"an Identity shortcut needs equal input and output channels ({spec.cin} -> {spec.cout})"
         if spec.family == "Zero" and spec.cout not in (0, spec.cin):
             return "Zero keeps the channel count"
+    if spec.size is not None and min(spec.size) < 1:
+        return "input height and width must be positive"
     return None
 
 

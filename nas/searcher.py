@@ -5,8 +5,12 @@
   ``arch_every`` weight steps one architecture step (Adam with betas (0, 0.999), a held-out split with validation
   transforms, BatchNorm in train mode) samples two paths (or one), computes ``L = L_train + L_lat`` and turns the
   binary-gate gradients into alpha gradients (:mod:`nas.mixed_edge`).
-* A checkpoint is written atomically after every epoch (``last.pth``, plus ``warmup.pth`` at the end of warm-up);
-  ``resume`` continues from either with the saved RNG streams, so a resumed search equals an uninterrupted one.
+* A checkpoint is written atomically after every epoch (``last.pth``, plus ``warmup.pth`` at the end of warm-up
+  and ``epoch_NNNN.pth`` every ``save_every`` epochs, each written *before* ``last.pth``, so that a kill between the
+  writes leaves the extra file and an older ``last.pth`` whose resume writes the extra file again); ``resume``
+  continues from any of them with the saved RNG streams, so a resumed search equals an uninterrupted one. Python's
+  and NumPy's global generators are seeded from the search seed too, so two runs with one seed store the same
+  states. Temporary files of writes killed earlier are deleted when a run starts.
 * Under ``torchrun`` the sampled paths are broadcast from rank 0, weight gradients are averaged by DDP and the
   gate gradients by an explicit all-reduce (DDP ignores the alphas).
 """
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +37,7 @@ from engine.distributed import (
     convert_sync_batchnorm,
     split_batch,
 )
-from engine.loaders import make_loader, resolve_data_root, set_epoch, split_holdout
+from engine.loaders import make_loader, one_line_worker_errors, resolve_data_root, set_epoch, split_holdout
 from engine.trainer import compute_loss, format_losses, train_step
 from latency.predict import EdgeCosts
 from models.loss import MultiBoxLoss
@@ -40,7 +46,7 @@ from models.search_space import SearchSpace
 from nas.derive import argmax_derive, budget_derive, differing_edges
 from nas.latency_loss import expected_latency, latency_loss
 from nas.supernet import SuperNet
-from utils.atomic import atomic_write_json
+from utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
 from utils.errors import FaceNASError
 from utils.figures import pyplot, save_figure
 from utils.progress import Progress
@@ -115,6 +121,9 @@ class Searcher:
         settings.world_size = dist.world_size
         settings.batch_per_process = split_batch(settings.batch_size, dist)
         torch.manual_seed(settings.seed)
+        # nothing here draws from them, but checkpoints store their states: seeded, two identical runs store the same
+        random.seed(settings.seed)
+        np.random.seed(settings.seed)
         self.net = SuperNet(space, settings.alpha_init_std)
         self.detector = RetinaFace(self.net, self.net.channels, settings.fpn_channels).to(dist.device)
         if settings.sync_bn:
@@ -140,8 +149,15 @@ class Searcher:
         self.epoch = 0  # next epoch to run
         self.history: list[dict[str, Any]] = []
         self._data: tuple[Any, Any] | None = None
+        self._resumed_from: Path | None = None
 
     # -------------------------------------------------------------------------------------------------- data
+    def loaders(self) -> tuple[Any, Any]:
+        """The training and held-out loaders, built once (call it early to check the data before writing)."""
+        if self._data is None:
+            self._data = self._loaders()
+        return self._data
+
     def _loaders(self) -> tuple[Any, Any]:
         """Training and held-out loaders (built once), each process taking its share of the global batch."""
         if self._data is not None:
@@ -223,7 +239,20 @@ class Searcher:
     # ------------------------------------------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
         """Run the remaining epochs and write ``arch.json``; returns the result summary."""
-        train_loader, held_loader = self._loaders()
+        train_loader, held_loader = self.loaders()
+        if self.dist.is_main:
+            stale = remove_stale_temporaries(self.out)
+            if stale:
+                self.log.info(f"removed {len(stale)} temporary file(s) of writes killed earlier in {self.out} "
+                              f"({', '.join(p.name for p in stale)})")
+            if self._resumed_from is not None:
+                self._restore_extras(self._resumed_from)
+        with one_line_worker_errors():  # a bad image read by a worker: one line, as without workers
+            self._epochs(train_loader, held_loader)
+        return self.finish()
+
+    def _epochs(self, train_loader: Any, held_loader: Any) -> None:
+        """The epoch loop, checkpointing after every epoch."""
         total_epochs = self.s.warmup_epochs + self.s.search_epochs
         self.detector.train()
         while self.epoch < total_epochs:
@@ -263,7 +292,6 @@ class Searcher:
             if self.s.save_every and self.epoch % self.s.save_every == 0:
                 also.append(f"epoch_{self.epoch:04d}.pth")  # resumable later with --resume OUT/epoch_NNNN.pth
             self.save_checkpoint(also)
-        return self.finish()
 
     def _status(self) -> dict[str, Any]:
         """Expected latency under the full softmax, the argmax network's cost and its compact description."""
@@ -315,9 +343,9 @@ class Searcher:
         }
 
     def save_checkpoint(self, also: list[str] | None = None) -> None:
-        """Write ``last.pth`` (and the names in ``also``) atomically on rank 0."""
+        """Write the names in ``also``, then ``last.pth``, atomically on rank 0 (see the module docstring)."""
         if self.dist.is_main:
-            write_checkpoint([self.out / name for name in ["last.pth", *(also or [])]], self.state())
+            write_checkpoint([self.out / name for name in [*(also or []), "last.pth"]], self.state())
             atomic_write_json(self.out / "history.json", self.history)
         if self.dist.distributed:
             barrier(self.dist)
@@ -348,15 +376,41 @@ class Searcher:
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        self._resumed_from = Path(path)
         return [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k not in ("resume", "out_dir", "progress")]
+
+    def _restore_extras(self, path: Path) -> None:
+        """Re-create a missing ``warmup.pth`` / ``epoch_NNNN.pth`` that the resumed checkpoint *is* (a copy of its
+        bytes is exact); say so when ``warmup.pth`` is missing and the checkpoint is past warm-up."""
+        wanted = []
+        if self.s.warmup_epochs and self.epoch == self.s.warmup_epochs:
+            wanted.append(self.out / "warmup.pth")
+        if self.s.save_every and self.epoch and self.epoch % self.s.save_every == 0:
+            wanted.append(self.out / f"epoch_{self.epoch:04d}.pth")
+        for target in wanted:
+            if not target.exists() and target.resolve() != path.resolve():
+                data = path.read_bytes()
+                atomic_write(target, lambda handle, data=data: handle.write(data))
+                self.log.info(f"re-created {target} from {path} (the same epoch {self.epoch} state)")
+        warmup = self.out / "warmup.pth"
+        if self.s.warmup_epochs and self.epoch > self.s.warmup_epochs and not warmup.exists():
+            self.log.warning(f"{warmup} is missing and cannot be re-created exactly from {path} (epoch "
+                             f"{self.epoch}, past the warm-up's {self.s.warmup_epochs}); --resume warmup is not "
+                             "available for this search")
 
     # ---------------------------------------------------------------------------------------------- result
     def finish(self) -> dict[str, Any]:
         """Derive the architecture on the budget (and the argmax beside it), write ``arch.json`` (rank 0).
 
+        A warm-up-only run (no search epoch done) has trained no alpha, so it derives nothing: ``arch`` is None.
+
         Returns:
             ``{"arch", "predicted", "target", "budget", "argmax"}`` (the last two :class:`~nas.derive.Derived`).
         """
+        if self.dist.is_main:
+            atomic_write_json(self.out / "history.json", self.history)  # also after a kill just before this write
+        if self.epoch <= self.s.warmup_epochs:
+            return {"arch": None, "predicted": None, "target": self.s.target, "budget": None, "argmax": None}
         log_probs = [torch.log_softmax(e.alpha.detach().double().cpu(), 0).tolist() for e in self.net.edges]
         argmax = argmax_derive(log_probs, self.costs)
         budget = budget_derive(log_probs, self.costs, self.s.target, self.s.tolerance)

@@ -140,7 +140,7 @@ def test_latency_mode_prints_the_thesis_format(checkpoint, capsys):
 
 
 def test_bad_evaluate_input(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(FaceNASError, match="give --pred-dir"):
         evaluate.main([])
     with pytest.raises(FaceNASError, match="checkpoint not found"):
         evaluate.main(["--checkpoint", str(tmp_path / "nope.pth"), "--data-root", str(tmp_path)])

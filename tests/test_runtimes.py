@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # SE + HardSwish + a ResNet-D (avg-pool, ceil mode) shortcut: the ops most likely to be exported or fused differently
 KEY = "S_SE_3x3_BottleNeckConv4_64_32x16x16_HS_1x1ConvPool"
-STATS = {"mean_ms", "median_ms", "p10_ms", "p90_ms", "n", "first5_ms", "threads", "aborted"}
+STATS = {"mean_ms", "median_ms", "p10_ms", "p90_ms", "n", "first5_ms", "threads", "aborted", "load"}
 
 
 def _runtimes() -> list[str]:

@@ -210,10 +210,27 @@ def random_case(tmp_path: Path, seed: int) -> tuple[Path, Path]:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_agrees_with_plain_python_reference(tmp_path, seed):
     gt_dir, pred_dir = random_case(tmp_path, seed)
-    fast = evaluate_folder(pred_dir, gt_dir)
+    with pytest.warns(UserWarning, match="not listed by descending score"):
+        fast = evaluate_folder(pred_dir, gt_dir, sort_boxes=False)  # the port's file order
     ref = reference_evaluation(pred_dir, gt_dir)
     assert (fast["easy"], fast["medium"], fast["hard"]) == pytest.approx(ref, abs=1e-12)
     assert 0 < fast["hard"] < 1
+
+
+def test_unsorted_prediction_files_are_sorted_first_with_one_warning(tmp_path):
+    gt_dir, pred_dir = random_case(tmp_path, 0)
+    with pytest.warns(UserWarning, match="boxes not listed by descending score") as caught:
+        default = evaluate_folder(pred_dir, gt_dir)
+    assert len([w for w in caught if "descending" in str(w.message)]) == 1
+    assert default["unsorted"] > 0
+    # the same as the port's numbers on files that were sorted on disk
+    for path in pred_dir.rglob("*.txt"):
+        lines = path.read_text().splitlines()
+        rows = sorted((line for line in lines[2:] if line.strip()), key=lambda r: -float(r.split()[4]))
+        path.write_text("\n".join(lines[:2] + rows) + "\n")
+    ref = reference_evaluation(pred_dir, gt_dir)
+    assert (default["easy"], default["medium"], default["hard"]) == pytest.approx(ref, abs=1e-12)
+    assert evaluate_folder(pred_dir, gt_dir)["unsorted"] == 0
 
 
 @pytest.mark.skipif(not (REAL_GT / "wider_face_val.mat").is_file(), reason="real WIDER FACE val .mat not present")

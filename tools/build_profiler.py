@@ -33,6 +33,7 @@ from utils.errors import FaceNASError, run_cli  # noqa: E402
 #: Embedded modules, each after the modules it imports from.
 SOURCES = (
     "utils/errors.py",
+    "utils/options.py",
     "utils/atomic.py",
     "utils/jsonfile.py",
     "utils/progress.py",

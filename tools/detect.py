@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np  # noqa: E402
 
 from utils.errors import FaceNASError, run_cli  # noqa: E402
+from utils.options import PROBABILITY, OptionParser, check_output_dir, int_range  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LANDMARK_COLOURS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (0, 255, 255), (255, 255, 0))  # BGR
@@ -27,8 +28,7 @@ LANDMARK_COLOURS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (0, 255, 255), (255, 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every option states its default."""
-    parser = argparse.ArgumentParser(prog="tools/detect.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OptionParser(prog="tools/detect.py", description=__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="checkpoint written by train.py, or a detector exported by export.py (.onnx, run in "
                              "ONNX Runtime) (required)")
@@ -36,12 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an image file or a folder of images (searched recursively) (required)")
     parser.add_argument("--out-dir", default="detections", metavar="DIR",
                         help="where the drawn images go (default: detections)")
-    parser.add_argument("--vis-threshold", type=float, default=0.5, metavar="S",
+    parser.add_argument("--vis-threshold", type=PROBABILITY, default=0.5, metavar="S",
                         help="draw detections with a score of at least S (default: 0.5)")
-    parser.add_argument("--test-size", type=int, default=0, metavar="PX",
+    parser.add_argument("--test-size", type=int_range(32, also=(0,)), default=0, metavar="PX",
                         help="resize so the short side is PX (long side at most 2150); 0 = original size "
                              "(default: 0)")
-    parser.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold (default: 0.4)")
+    parser.add_argument("--nms", type=PROBABILITY, default=0.4, help="NMS IoU threshold (default: 0.4)")
     parser.add_argument("--save-txt", action="store_true",
                         help="also write NAME.txt with 'x y w h score' lines (all detections above 0.02) "
                              "(default: off)")
@@ -91,15 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     from utils.atomic import atomic_write, atomic_write_text
 
     args = build_parser().parse_args(argv)
-    if not 0 <= args.vis_threshold <= 1:
-        raise FaceNASError(f"--vis-threshold must be in [0, 1], got {args.vis_threshold}")
-    if args.test_size < 0:
-        raise FaceNASError(f"--test-size must be >= 0, got {args.test_size}")
+    out_dir = check_output_dir(args.out_dir, "--out-dir")
     images = find_images(Path(args.input))
     device = resolve_device(args.device)
     detector, description = load_inference_model(args.checkpoint, device)
     settings = EvalSettings(test_size=args.test_size, nms_threshold=args.nms)
-    out_dir = Path(args.out_dir)
     print(f"{description} on {device}: {len(images)} image(s) -> {out_dir}")
     for path, rel in images:
         image = read_image(path)

@@ -45,6 +45,7 @@ from models.arch import Arch  # noqa: E402
 from models.search_space import PRESETS, get_space, preset_spaces  # noqa: E402
 from utils.atomic import atomic_write_json  # noqa: E402
 from utils.errors import FaceNASError, run_cli  # noqa: E402
+from utils.options import NON_NEGATIVE_INT, POSITIVE_INT, SEED, OptionParser, check_output_file  # noqa: E402
 from utils.progress import Progress  # noqa: E402
 
 
@@ -112,29 +113,28 @@ def measure_here(nets: list[dict[str, Any]], table: LatencyTable, repeats: int, 
 # ------------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     intro, _, rest = __doc__.partition("\n\n")
-    parser = argparse.ArgumentParser(description=intro, epilog=rest,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OptionParser(prog="tools/latency_report.py", description=intro, epilog=rest)
     parser.add_argument("--latency-table", required=True, metavar="TABLE",
                         help="the latency table (must have been measured on this machine)")
     parser.add_argument("--arch", nargs="+", default=[], metavar="FILE", help="architecture JSON files")
     parser.add_argument("--models", nargs="+", default=[], metavar="NAME",
                         help="published backbones by name, e.g. R12_V3_HS R11_V2_HS mobilenetv1_0.25")
-    parser.add_argument("--random", type=int, default=0, metavar="N",
+    parser.add_argument("--random", type=NON_NEGATIVE_INT, default=0, metavar="N",
                         help="N random architectures drawn uniformly per edge (Zero included) (default: 0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random architectures (default: 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random architectures (default: 0)")
     parser.add_argument("--space", action="append", metavar="NAME",
                         help="space(s) to draw from, repeatable, round-robin; _HS suffix allowed; 'all' = every "
                              "experiment of the table's preset and its _HS form (default: the preset's default "
                              "experiment)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=POSITIVE_INT, default=3,
                         help="interleaved measurement rounds per network; the median is reported (default: 3)")
     parser.add_argument("--fit-calibration", action="store_true",
                         help="refit the table's calibration on separate random networks (--fit-random, --fit-seed), "
                              "store it in the table's metadata and report before/after on the other networks "
                              "(default: off: report on the table's own calibration)")
-    parser.add_argument("--fit-random", type=int, metavar="N",
+    parser.add_argument("--fit-random", type=POSITIVE_INT, metavar="N",
                         help="networks to fit on (default: as many as --random, at least 10)")
-    parser.add_argument("--fit-seed", type=int, default=1000,
+    parser.add_argument("--fit-seed", type=SEED, default=1000,
                         help="seed of the fitting networks, distinct from --seed (default: 1000)")
     parser.add_argument("--calibration", choices=("select", *CALIBRATION_METHODS), default="select",
                         help="with --fit-calibration: select = the calibration model with the best leave-one-out "
@@ -147,15 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report on the whole networks stored in the table by profile_latency.py --random-archs/"
                              "--fit-archs/--arch on the device, instead of measuring here (for a table of another "
                              "device; default: measure here)")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON (default: none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.repeats < 1 or args.random < 0:
-        raise FaceNASError("--repeats must be >= 1 and --random >= 0")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     if args.fit_seed == args.seed and args.fit_calibration and not args.from_table:
         raise FaceNASError("--fit-seed must differ from --seed so that the fitting networks are not the reported ones")
     start, load_start = time.time(), load_average()

@@ -1,2 +1,2 @@
-"""Small shared helpers, standard library only: user-facing errors, atomic writes, JSON reading, progress bars,
-saving figures."""
+"""Small shared helpers, standard library only: user-facing errors, option validation, atomic writes, JSON reading,
+progress bars, saving figures."""
