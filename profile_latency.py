@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/runtimes.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -2356,17 +2356,27 @@ def _predict(coef: dict[str, float], features: dict[str, float]) -> float:
     return sum(value * features.get(name, 0.0) for name, value in coef.items())
 
 
-def _physical(coef: dict[str, float]) -> bool:
-    """Per-block terms must not be negative: a block may never make a network cheaper than skipping it."""
-    scale = coef.get("time", 0.0)
-    families = [value for name, value in coef.items() if name.startswith("time:")]
-    return scale > 0 and all(scale + value > 0 for value in families) and coef.get("block", 0.0) >= 0 \
-        and coef.get("io", 0.0) >= 0
+def _physical(coef: dict[str, float], blocks: list[dict[str, float]] | None) -> bool:
+    """A calibrated block must cost more than skipping it: every block of ``blocks`` (the table's, as feature dicts)
+    keeps a positive cost. Without the blocks, no per-block coefficient may be negative."""
+    if blocks is None:
+        return all(value > 0 if name.startswith("time") else value >= 0 for name, value in coef.items()
+                   if name != "network")
+    terms = {name: value for name, value in coef.items() if name != "network"}
+    return all(_predict(terms, block) > 0 for block in blocks)
 
 
 def select_model(features: list[dict[str, float]], measured: list[float],
-                 candidates: dict[str, tuple[str, ...]] | None = None) -> tuple[Calibration, dict[str, Any]]:
+                 candidates: dict[str, tuple[str, ...]] | None = None,
+                 blocks: list[dict[str, float]] | None = None) -> tuple[Calibration, dict[str, Any]]:
     """Fit every candidate model, score it by leave-one-out on these networks, keep the best that generalises.
+
+    Args:
+        features, measured: the fitting networks' :func:`network_features` and measured latencies.
+        candidates: models to try (default :data:`CANDIDATE_MODELS`).
+        blocks: :func:`block_features` of every block of the table: a model that would give one of them a cost
+            <= 0 is rejected (a negative per-block constant is fine where it stays below every block's cost: the
+            per-call overhead a block pays when it runs alone, in ONNX Runtime for one).
 
     Returns:
         The chosen calibration (fitted on all the networks) and, per candidate, its leave-one-out accuracy
@@ -2377,8 +2387,8 @@ def select_model(features: list[dict[str, float]], measured: list[float],
     for name, names in candidates.items():
         try:
             coef = fit_model(features, measured, names)
-            if not _physical(coef):
-                raise FaceNASError(f"a negative per-block coefficient ({coef})")
+            if not _physical(coef, blocks):
+                raise FaceNASError(f"it gives some block a cost <= 0 ({coef})")
             held_out = []
             for i in range(len(measured)):
                 rest = [j for j in range(len(measured)) if j != i]
@@ -2500,7 +2510,10 @@ LATENCY_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "n")
 ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
-                   "memory_format", "bn_folded")
+                   "memory_format", "bn_folded", "runtime", "runtime_version", "execution_provider",
+                   "graph_optimization")
+#: What a table that predates runtime-aware tables was measured in.
+DEFAULT_RUNTIME = {"runtime": "torch"}
 _MEASURED_FIELDS = ("device", "device_name", "threads", "dtype", "memory_format", "protocol")
 _HOW_TO_MEASURE = "run profile_latency.py with --names {key} --out {path} on the table's device"
 
@@ -2698,12 +2711,16 @@ class TableFile:
     def check_identity(self, wanted: dict[str, Any]) -> None:
         """Raise when ``wanted`` disagrees with this table on an identity field (device, batch, resolution...)."""
         for field in IDENTITY_FIELDS:
-            if field not in wanted or field not in self.meta:
+            if field == "runtime_version" and wanted.get("runtime", "torch") == "torch":
+                continue  # eager tables only warn about another torch version (the profiler does)
+            if field not in wanted or (field not in self.meta and field not in DEFAULT_RUNTIME):
                 continue
-            have, want = self.meta[field], wanted[field]
+            have, want = self.meta.get(field, DEFAULT_RUNTIME.get(field)), wanted[field]
             if have != want:
                 flag = {"batch": "--batch", "resolution": "--resolution", "threads": "--threads",
-                        "device": "--device", "dtype": "--dtype", "memory_format": "--channels-last"}.get(field)
+                        "device": "--device", "dtype": "--dtype", "memory_format": "--channels-last",
+                        "runtime": "--runtime", "execution_provider": "--provider",
+                        "graph_optimization": "--graph-optimization"}.get(field)
                 hint = f"use the table's {flag} value or" if flag else "measure into"
                 raise FaceNASError(f"{self.path}: table has {field}={have!r} but this run has {field}={want!r}; "
                                    f"{hint} {'write to ' if flag else ''}another --out file (nothing was changed)")
@@ -2742,6 +2759,11 @@ class TableFile:
         if getattr(self, "_calibration_source", None) is not data:  # parsed once per calibration object
             self._calibration_source, self._calibration = data, Calibration.from_meta(data)
         return self._calibration
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the table's latencies were measured in (``torch`` = eager PyTorch, older tables too)."""
+        return self.meta.get("runtime") or "torch"
 
     @property
     def estimator(self) -> str:
@@ -3057,7 +3079,7 @@ DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: The statistic of the timed samples new tables use (``latency.table_format.ESTIMATORS``); see docs/LATENCY.md for
 #: the test-retest study behind the choice.
-DEFAULT_ESTIMATOR = "trimmed_mean"
+DEFAULT_ESTIMATOR = "median"
 
 
 def device_type(device: str | torch.device) -> str:
@@ -3558,7 +3580,8 @@ def fit_table_calibration(table: Any, fit: list[tuple[Arch, float]],
         raise FaceNASError(f"{table.path}: a calibration needs at least 3 measured fitting networks, not {len(fit)}")
     table.meta["calibration"] = None  # fit on the plain entries
     features = [arch_features(arch, table) for arch, _ in fit]
-    calibration, _ = select_model(features, [ms for _, ms in fit])
+    blocks = [block_features(parse_block(key), table.value(key), table.batch) for key in table.keys()]
+    calibration, _ = select_model(features, [ms for _, ms in fit], blocks=blocks)
     plain = accuracy([predict_latency(a, table, calibrated=False) for a, _ in fit], [ms for _, ms in fit])
     info: dict[str, Any] = {"n_fit": len(fit), "n_validate": len(validate), "fit_plain": plain,
                             "estimator": getattr(table, "estimator", "")}
@@ -3657,6 +3680,401 @@ def validation_and_fit_archs(spaces: list[SearchSpace], validate: int, seed: int
     taken = {(a.meta["space"], tuple(a.meta["choices"])) for a in checked}
     return checked, random_archs(spaces, fit, fit_seed, prefix="fit", exclude=taken) if fit else []
 # -------------------------------------------------- end latency/random_archs.py
+
+
+# -------------------------------------------------- begin latency/runtimes.py
+"""Latency in the runtime a network is deployed with: eager PyTorch, ONNX Runtime or OpenVINO, one protocol.
+
+A module (a block in deploy form, or a whole backbone's feature path) is exported to an ONNX graph in memory with
+static shapes (:func:`export_module_onnx`, the TorchScript-based exporter), loaded into the runtime
+(:func:`build_runtime_module`) and timed by :func:`latency.measure.measure_module` itself, through
+:class:`RuntimeModule`, an ``nn.Module`` whose call runs the runtime: the same warm-up, samples, trimmed mean,
+median / p10 / p90, ``first5_ms`` and ``max_first5_ms`` abort, garbage collector off, and the same result dict.
+
+Runtime settings:
+
+* ``onnxruntime``: execution provider ``CPUExecutionProvider`` unless another is named (``cuda``, ``tensorrt``, any
+  provider name; CUDA and TensorRT times include the copies of input and outputs between host and device, as a
+  deployed ``session.run`` pays them), graph-optimisation level ``all`` unless ``disable`` / ``basic`` /
+  ``extended`` is named, intra-op threads = the table's threads, inter-op threads 1, sequential execution,
+  denormals flushed to zero (as the PyTorch protocol does);
+* ``openvino``: device ``CPU`` unless another is named, ``INFERENCE_NUM_THREADS`` = the table's threads,
+  ``PERFORMANCE_HINT`` ``LATENCY`` (one stream), ``INFERENCE_PRECISION_HINT`` ``f32`` (OpenVINO would otherwise
+  pick bf16 on CPUs that have it), denormals flushed; OpenVINO has no optimisation levels;
+* ``torch``: the module itself, eager, as :func:`latency.measure.measure_module` always measured it.
+
+:func:`runtime_info` gives the runtime's name, version, provider, optimisation level and threads for a table's
+metadata. The runtimes are imported when first needed: a missing one is a one-line :class:`FaceNASError` saying what
+to ``pip install`` (torch's ONNX exporter needs the ``onnx`` package as well).
+
+Python 3.8 syntax, torch and the standard library only at import time: ``profile_latency.py`` embeds this file.
+"""
+
+import importlib
+import inspect
+import io
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+
+#: The runtimes a table can be measured in.
+RUNTIME_CHOICES = ("torch", "onnxruntime", "openvino")
+#: Python packages each runtime needs besides torch (the exporter needs ``onnx``), as pip names them.
+RUNTIME_PACKAGES = {"torch": (), "onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+#: Short names of ONNX Runtime execution providers.
+ORT_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider", "xnnpack": "XnnpackExecutionProvider", "acl": "ACLExecutionProvider",
+    "armnn": "ArmNNExecutionProvider", "coreml": "CoreMLExecutionProvider",
+}
+#: ONNX Runtime graph-optimisation levels by their short names.
+ORT_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+#: ONNX opset of the measured graphs (17: ONNX 1.12, 2022).
+RUNTIME_OPSET = 17
+
+
+def require_runtime(runtime: str) -> Any:
+    """Import a runtime's Python package (``None`` for torch); a one-line error names what to pip install.
+
+    Raises:
+        FaceNASError: unknown runtime, or one of its packages is missing.
+    """
+    if runtime not in RUNTIME_PACKAGES:
+        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+    missing = []
+    modules = {}
+    for package in RUNTIME_PACKAGES[runtime]:
+        try:
+            modules[package] = importlib.import_module(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise FaceNASError(f"runtime {runtime} needs the Python package{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(missing)}, not installed here: pip install {' '.join(missing)}")
+    return modules.get(runtime)
+
+
+def export_module_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = RUNTIME_OPSET) -> bytes:
+    """The module as ONNX bytes with static shapes (traced on ``torch.randn(input_shape)``, eval mode).
+
+    Uses the TorchScript-based exporter (``dynamo=False`` where the keyword exists), which needs the ``onnx`` package.
+    """
+    try:
+        importlib.import_module("onnx")
+    except ImportError:
+        raise FaceNASError("exporting to ONNX needs the Python package onnx, not installed here: pip install onnx") \
+            from None
+    module = module.eval()
+    buffer = io.BytesIO()
+    options = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        options["dynamo"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer notes
+        try:
+            with torch.no_grad():
+                torch.onnx.export(module, (torch.randn(tuple(input_shape)),), buffer, input_names=["input"],
+                                  opset_version=int(opset), do_constant_folding=True, **options)
+        except Exception as exc:  # noqa: BLE001 - an operator or opset this torch cannot export: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FaceNASError(f"ONNX export of {type(module).__name__} {list(input_shape)} at opset {opset} "
+                               f"failed: {first[:300]}") from None
+    return buffer.getvalue()
+
+
+def _ort_provider(ort: Any, provider: str | None) -> str:
+    name = ORT_PROVIDER_ALIASES.get((provider or "cpu").lower(), provider or "CPUExecutionProvider")
+    available = ort.get_available_providers()
+    if name not in available:
+        hint = {"CUDAExecutionProvider": " (pip install onnxruntime-gpu; on a Jetson the Jetson Zoo wheel)",
+                "TensorrtExecutionProvider": " (an onnxruntime-gpu build with TensorRT, e.g. the Jetson Zoo wheel)",
+                "OpenVINOExecutionProvider": " (pip install onnxruntime-openvino)"}.get(name, "")
+        raise FaceNASError(f"ONNX Runtime {ort.__version__} here has no {name}{hint}; available: "
+                           f"{', '.join(available)}")
+    return name
+
+
+def _ort_level(graph_optimization: str | None) -> str:
+    level = (graph_optimization or "all").lower()
+    if level not in ORT_OPTIMIZATION_LEVELS:
+        raise FaceNASError(f"ONNX Runtime graph optimisation {graph_optimization!r} is not one of "
+                           f"{', '.join(ORT_OPTIMIZATION_LEVELS)}")
+    return level
+
+
+def _ov_core(ov: Any) -> Any:
+    core_class = getattr(ov, "Core", None)
+    if core_class is None:  # OpenVINO before 2023.1 keeps it in openvino.runtime
+        core_class = importlib.import_module("openvino.runtime").Core
+    return core_class()
+
+
+def _ov_device(ov: Any, provider: str | None) -> str:
+    device = (provider or "CPU").upper()
+    available = _ov_core(ov).available_devices
+    if device not in available:
+        raise FaceNASError(f"OpenVINO here has no device {device}; available: {', '.join(available)}")
+    return device
+
+
+def _ov_check_level(graph_optimization: str | None) -> None:
+    if graph_optimization not in (None, "default"):
+        raise FaceNASError(f"OpenVINO has no graph-optimisation levels (got {graph_optimization!r}); leave it unset")
+
+
+def _ov_read_onnx(ov: Any, core: Any, onnx_bytes: bytes) -> Any:
+    try:
+        return core.read_model(onnx_bytes)  # ONNX from memory (OpenVINO 2023.1 and later)
+    except Exception:  # noqa: BLE001 - older releases read ONNX from memory only through convert_model
+        convert = getattr(ov, "convert_model", None)
+        if convert is None:
+            raise FaceNASError(f"OpenVINO {_ov_version(ov)} cannot read an ONNX graph from memory; pip install -U "
+                               "openvino (2023.1 or later)") from None
+        return convert(io.BytesIO(onnx_bytes))
+
+
+def _ov_version(ov: Any) -> str:
+    getter = getattr(ov, "get_version", None) or importlib.import_module("openvino.runtime").get_version
+    return str(getter())
+
+
+class RuntimeModule(nn.Module):
+    """An ONNX graph loaded into ONNX Runtime or OpenVINO, called like a module.
+
+    ``module(x)`` runs the graph once on ``x`` (CPU float32) and returns the runtime's raw outputs without copying
+    them (what :func:`latency.measure.measure_module` times); :meth:`outputs` returns copies as tensors.
+
+    Args:
+        onnx_bytes: the graph (one input).
+        runtime: ``onnxruntime`` or ``openvino``.
+        threads: intra-op threads (default: PyTorch's current setting).
+        provider: ONNX Runtime execution provider (short or full name) or OpenVINO device (default: the CPU).
+        graph_optimization: ONNX Runtime level (default ``all``); must stay unset for OpenVINO.
+    """
+
+    def __init__(self, onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None):
+        super().__init__()
+        backend = require_runtime(runtime)
+        if runtime not in ("onnxruntime", "openvino"):
+            raise FaceNASError(f"RuntimeModule runs onnxruntime or openvino graphs, not {runtime!r}")
+        self.runtime = runtime
+        self.threads = int(threads or torch.get_num_threads())
+        if self.threads < 1:
+            raise FaceNASError(f"threads must be >= 1, not {threads}")
+        if runtime == "onnxruntime":
+            self.provider = _ort_provider(backend, provider)
+            self.graph_optimization = _ort_level(graph_optimization)
+            options = backend.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = backend.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = getattr(backend.GraphOptimizationLevel,
+                                                       ORT_OPTIMIZATION_LEVELS[self.graph_optimization])
+            options.add_session_config_entry("session.set_denormal_as_zero", "1")
+            options.log_severity_level = 3
+            providers = [self.provider] if self.provider == "CPUExecutionProvider" else \
+                [self.provider, "CPUExecutionProvider"]  # ops a GPU provider lacks fall back to the CPU
+            self.session = backend.InferenceSession(onnx_bytes, sess_options=options, providers=providers)
+            self.input_name = self.session.get_inputs()[0].name
+            self.output_names = [output.name for output in self.session.get_outputs()]
+        else:
+            _ov_check_level(graph_optimization)
+            self.provider = _ov_device(backend, provider)
+            self.graph_optimization = "default"
+            core = _ov_core(backend)
+            model = _ov_read_onnx(backend, core, onnx_bytes)
+            config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_PRECISION_HINT": "f32", "CPU_DENORMALS_OPTIMIZATION": True} \
+                if self.provider == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
+            self.compiled = core.compile_model(model, self.provider, config)
+            self.request = self.compiled.create_infer_request()
+            parameters = inspect.signature(self.request.infer).parameters
+            self.share = {"share_inputs": True, "share_outputs": True} if "share_outputs" in parameters else {}
+
+    def forward(self, x: torch.Tensor) -> Any:
+        array = x.detach().cpu().numpy()
+        if self.runtime == "onnxruntime":
+            return self.session.run(self.output_names, {self.input_name: array})
+        return self.request.infer({0: array}, **self.share)
+
+    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The graph's outputs for ``x`` as tensors (copies, safe to keep)."""
+        result = self(x)
+        values = result if self.runtime == "onnxruntime" else [result[out] for out in self.compiled.outputs]
+        return [torch.tensor(value) for value in values]
+
+    def extra_repr(self) -> str:
+        return f"{self.runtime}, {self.provider}, optimisation {self.graph_optimization}, {self.threads} threads"
+
+
+def build_runtime_module(onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
+                         graph_optimization: str | None = None) -> RuntimeModule:
+    """Load an ONNX graph into a runtime (see :class:`RuntimeModule`)."""
+    return RuntimeModule(onnx_bytes, runtime, threads, provider, graph_optimization)
+
+
+def to_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", threads: int | None = None,
+               provider: str | None = None, graph_optimization: str | None = None,
+               opset: int = RUNTIME_OPSET) -> nn.Module:
+    """The module as the runtime runs it: itself for ``torch``, else its ONNX graph in a :class:`RuntimeModule`."""
+    if runtime == "torch":
+        if provider is not None or graph_optimization is not None:
+            raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino, "
+                               "not to the torch runtime")
+        return module
+    require_runtime(runtime)
+    return build_runtime_module(export_module_onnx(module, input_shape, opset), runtime, threads, provider,
+                                graph_optimization)
+
+
+def _check_protocol(runtime: str, device: str, dtype: str, channels_last: bool) -> None:
+    if runtime == "torch":
+        return
+    if torch.device(device).type != "cpu":
+        raise FaceNASError(f"device {device!r} is for the torch runtime; {runtime} picks its device by its execution "
+                           "provider (e.g. --provider cuda)")
+    if dtype != "float32":
+        raise FaceNASError(f"{runtime} graphs are measured in float32, not {dtype}")
+    if channels_last:
+        raise FaceNASError(f"channels_last is an eager PyTorch memory format; {runtime} chooses its own layouts")
+
+
+def measure_in_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", device: str = "cpu",
+                       warmup: int | None = None, samples: int | None = None, threads: int | None = None, *,
+                       provider: str | None = None, graph_optimization: str | None = None, dtype: str = "float32",
+                       channels_last: bool = False, max_first5_ms: float | None = None, trim: float = TRIM,
+                       opset: int = RUNTIME_OPSET) -> dict[str, Any]:
+    """Time a module (deploy form) in a runtime with the protocol of :func:`latency.measure.measure_module`.
+
+    Args:
+        module: block or network, BatchNorm already folded.
+        input_shape: input with batch, e.g. ``(1, 3, 320, 320)``.
+        runtime: ``torch``, ``onnxruntime`` or ``openvino``.
+        device: for ``torch`` only (``cpu`` / ``cuda``); the other runtimes take ``provider``.
+        warmup, samples, threads, dtype, channels_last, max_first5_ms, trim: as ``measure_module``; ``threads`` is
+            also the runtime's intra-op thread count.
+        provider, graph_optimization, opset: see :class:`RuntimeModule` and :func:`export_module_onnx`.
+
+    Returns:
+        ``measure_module``'s dict: ``mean_ms``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``n``, ``first5_ms``,
+        ``threads``, ``aborted``.
+    """
+    _check_protocol(runtime, device, dtype, channels_last)
+    if runtime == "torch":
+        if provider is not None or graph_optimization is not None:
+            raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
+        return measure_module(module, input_shape, device, warmup, samples, threads, dtype=dtype,
+                              channels_last=channels_last, max_first5_ms=max_first5_ms, trim=trim)
+    threads = int(threads or torch.get_num_threads())
+    runner = to_runtime(module, input_shape, runtime, threads, provider, graph_optimization, opset)
+    return measure_module(runner, input_shape, "cpu", warmup, samples, threads, max_first5_ms=max_first5_ms,
+                          trim=trim)
+
+
+def measure_block_in_runtime(key_or_spec: str | BlockSpec, batch: int, runtime: str = "torch", device: str = "cpu",
+                             warmup: int | None = None, samples: int | None = None, threads: int | None = None,
+                             **kwargs: Any) -> dict[str, Any]:
+    """A block from its latency-table key, in deploy form, timed in a runtime (:func:`measure_in_runtime`)."""
+    module = deploy_block(key_or_spec, channels_last=bool(kwargs.get("channels_last", False)))
+    return measure_in_runtime(module, block_input_shape(key_or_spec, batch), runtime, device, warmup, samples,
+                              threads, **kwargs)
+
+
+def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime: str = "torch",
+                                provider: str | None = None, graph_optimization: str | None = None,
+                                repeats: int = 3, seed: int = 0, on_step: Any = None) -> dict[str, dict[str, Any]]:
+    """Whole backbones (feature path, deploy form) in a runtime with a table's protocol, in interleaved rounds.
+
+    Like :func:`latency.measure.measure_networks` (which it is for ``torch``); every network is exported and loaded
+    once, then :func:`latency.measure.measure_interleaved` times them.
+    """
+    if runtime == "torch":
+        return measure_networks(archs, meta, repeats, seed, on_step)
+    protocol = meta["protocol"]
+    _check_protocol(runtime, meta.get("device", "cpu"), meta.get("dtype", "float32"),
+                    meta.get("memory_format") == "channels_last")
+    if meta.get("resolution") is None:
+        raise FaceNASError("the table records no resolution (it was built from --names only); whole networks need "
+                           "one: give --resolution")
+    side = int(meta["resolution"])
+    shape = (int(meta["batch"]), 3, side, side)
+    threads = int(meta.get("threads") or torch.get_num_threads())
+    modules = {arch.name: to_runtime(deploy_backbone(arch), shape, runtime, threads, provider, graph_optimization)
+               for arch in archs}
+    return measure_interleaved(modules, shape, repeats, seed, on_step, estimator=protocol.get("estimator",
+                                                                                           "trimmed_mean"),
+                               device="cpu", warmup=protocol["warmup"], samples=protocol["samples"], threads=threads,
+                               trim=protocol["trim"])
+
+
+def runtime_info(runtime: str, provider: str | None = None, graph_optimization: str | None = None,
+                 threads: int | None = None, opset: int = RUNTIME_OPSET) -> dict[str, Any]:
+    """What a table measured in ``runtime`` records about it (and compares before it is reused).
+
+    Returns:
+        ``runtime``, ``runtime_version``, ``execution_provider``, ``graph_optimization``, ``threads`` (intra-op),
+        and for the ONNX runtimes ``inter_op_threads``, ``precision``, ``onnx_opset``, ``onnx_version``,
+        ``onnx_exporter``.
+
+    Raises:
+        FaceNASError: a missing package (what to pip install), or a provider / level / device the runtime lacks.
+    """
+    backend = require_runtime(runtime)
+    threads = int(threads or torch.get_num_threads())
+    if runtime == "torch":
+        if provider is not None or graph_optimization is not None:
+            raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
+        return {"runtime": "torch", "runtime_version": str(torch.__version__), "execution_provider": "eager",
+                "graph_optimization": None, "threads": threads}
+    if runtime == "onnxruntime":
+        info = {"runtime": runtime, "runtime_version": str(backend.__version__),
+                "execution_provider": _ort_provider(backend, provider),
+                "graph_optimization": _ort_level(graph_optimization), "threads": threads, "inter_op_threads": 1}
+    else:
+        _ov_check_level(graph_optimization)
+        info = {"runtime": runtime, "runtime_version": _ov_version(backend),
+                "execution_provider": _ov_device(backend, provider), "graph_optimization": "default",
+                "threads": threads, "performance_hint": "LATENCY"}
+    info.update({"precision": "float32", "onnx_opset": int(opset),
+                 "onnx_version": str(importlib.import_module("onnx").__version__),
+                 "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"})
+    return info
+
+
+# ------------------------------------------------------------------------------------ a table's own runtime
+def table_runtime(meta: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """``(runtime, provider, graph_optimization)`` a table was measured with (older tables: eager torch)."""
+    runtime = meta.get("runtime") or "torch"
+    if runtime == "torch":
+        return runtime, None, None
+    level = meta.get("graph_optimization")
+    return runtime, meta.get("execution_provider"), None if level == "default" else level
+
+
+def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
+                        max_first5_ms: float | None = None) -> dict[str, Any]:
+    """One block with a table's protocol, in the table's runtime (what the profiler and internal mode measure)."""
+    runtime, provider, level = table_runtime(meta)
+    protocol = meta["protocol"]
+    options: dict[str, Any] = {"dtype": meta["dtype"], "channels_last": meta["memory_format"] == "channels_last",
+                               "max_first5_ms": max_first5_ms, "trim": protocol["trim"]}
+    if runtime != "torch":
+        options.update(provider=provider, graph_optimization=level)
+    return measure_block_in_runtime(key_or_spec, int(meta["batch"]), runtime, meta["device"], protocol["warmup"],
+                                    protocol["samples"], meta.get("threads"), **options)
+
+
+def measure_table_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, seed: int = 0,
+                           on_step: Any = None) -> dict[str, dict[str, Any]]:
+    """Whole backbones with a table's protocol, in the table's runtime (calibration and predictor reports)."""
+    runtime, provider, level = table_runtime(meta)
+    return measure_networks_in_runtime(archs, meta, runtime, provider, level, repeats, seed, on_step)
+# -------------------------------------------------- end latency/runtimes.py
 
 
 # -------------------------------------------------- begin latency/profile_cli.py
@@ -3777,6 +4195,15 @@ def build_parser() -> argparse.ArgumentParser:
     how = parser.add_argument_group("how to measure")
     how.add_argument("--device", choices=("cpu", "cuda"),
                      help="where to run the blocks (default: cuda for --preset dgx/jetson, else cpu)")
+    how.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
+                     help="the runtime the network will be deployed with: torch = eager PyTorch; onnxruntime / "
+                          "openvino = every block (and calibration network) exported to its own ONNX graph and run "
+                          "there, CPU device; needs pip install onnx plus the runtime (default: torch)")
+    how.add_argument("--provider", metavar="NAME",
+                     help="onnxruntime execution provider (cpu, cuda, tensorrt, or a full provider name) or openvino "
+                          "device (CPU, GPU) (default: cpu / CPU)")
+    how.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"),
+                     help="onnxruntime graph-optimisation level (default: all)")
     how.add_argument("--batch", type=POSITIVE_INT,
                      help="batch size of the input tensor (default: the preset's; else 8 on cuda, 1 on cpu)")
     how.add_argument("--resolution", type=int_range(32),
@@ -4055,8 +4482,12 @@ def main(argv: list[str] | None = None) -> None:
     out = check_output_file(args.out or default_out(args, device, batch, resolution), "--out")
     log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
+    if args.runtime == "torch" and (args.provider or args.graph_optimization):
+        raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
+    runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
-                        preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note)
+                        preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note,
+                        **{k: v for k, v in runtime.items() if k != "threads"})
     resumed = out.exists()
     table = TableFile.open_or_create(out, **meta)
     protocol = table.meta["protocol"]
@@ -4118,7 +4549,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
     With ``--rounds R`` the whole key list is measured R times in separate passes (so a slow spell of the machine
     hits one pass, not one block); an entry keeps every round and shows the round with the median mean.
     """
-    meta, protocol = table.meta, table.meta["protocol"]
+    meta = table.meta
     counts = {"measured": 0, "present": 0, "skipped": 0}
     start = time.time()
     groups = family_groups(keys)
@@ -4138,10 +4569,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                     reason = None if done else _skip_reason(table, key, filtered, args)
                     if reason is None:
                         try:
-                            stats = measure_block(key, meta["batch"], meta["device"], protocol["warmup"],
-                                                  protocol["samples"], meta["threads"], dtype=meta["dtype"],
-                                                  channels_last=meta["memory_format"] == "channels_last",
-                                                  max_first5_ms=None if done else args.max_ms, trim=protocol["trim"])
+                            stats = measure_table_block(key, meta, None if done else args.max_ms)
                         except RuntimeError as exc:  # e.g. out of memory on a small device: log it, go on
                             reason = f"error while measuring: {str(exc).splitlines()[0][:200]}"
                             table.skip(key, reason, filter="error")
@@ -4206,7 +4634,7 @@ def profile_networks(table: TableFile, networks: list[tuple[Arch, str]], args: a
     if not todo:
         return 0
     with Progress(len(todo) * args.repeats, "networks", "run", enabled=not args.quiet) as progress:
-        results = measure_networks([arch for arch, _ in todo], table.meta, args.repeats, args.seed,
+        results = measure_table_networks([arch for arch, _ in todo], table.meta, args.repeats, args.seed,
                                    lambda: progress.update(1))
     for arch, role in todo:
         stats = results[arch.name]

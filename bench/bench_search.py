@@ -36,8 +36,9 @@ CONFIGS = {"f12_p1_0.5": 0.5, "f12_p1_0.7": 0.7, "f11": 1.0}
 def sweep(args: argparse.Namespace) -> None:
     import search
     from latency.internal_mode import LatencyTable
-    from latency.measure import cpu_model, measure_networks
+    from latency.measure import cpu_model
     from latency.predict import edge_costs, predict_latency
+    from latency.runtimes import measure_table_networks
     from models.arch import Arch
     from models.search_space import get_space
 
@@ -67,7 +68,7 @@ def sweep(args: argparse.Namespace) -> None:
     nets = [{"arch": row["arch"]} for row in rows]
     for i, net in enumerate(nets):
         net["arch"].name = f"net{i}"
-    measured = measure_networks([net["arch"] for net in nets], table.meta, args.repeats, args.seed)
+    measured = measure_table_networks([net["arch"] for net in nets], table.meta, args.repeats, args.seed)
     for net in nets:
         net.update(measured[net["arch"].name])
     print(f"\nmachine {cpu_model()}, threads {table.meta.get('threads')}, date {datetime.date.today()}, table "

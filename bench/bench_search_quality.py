@@ -42,9 +42,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from latency.internal_mode import LatencyTable  # noqa: E402
-from latency.measure import cpu_model, load_average, measure_networks  # noqa: E402
+from latency.measure import cpu_model, load_average  # noqa: E402
 from latency.predict import edge_costs, predict_latency  # noqa: E402
 from latency.random_archs import random_choices  # noqa: E402
+from latency.runtimes import measure_table_networks  # noqa: E402
 from models import published_arch  # noqa: E402
 from models.arch import Arch  # noqa: E402
 from models.search_space import get_space  # noqa: E402
@@ -207,7 +208,7 @@ def phase_measure(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]
         arch.name = net["name"]
         archs.append(arch)
     start, load = time.time(), load_average()
-    results = measure_networks(archs, table.meta, repeats=args.repeats, seed=0)
+    results = measure_table_networks(archs, table.meta, repeats=args.repeats, seed=0)
     atomic_write_json(path, {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                              "load_start": load, "load_end": load_average(), "seconds": time.time() - start,
                              "repeats": args.repeats, "networks": results})

@@ -147,17 +147,27 @@ def _predict(coef: dict[str, float], features: dict[str, float]) -> float:
     return sum(value * features.get(name, 0.0) for name, value in coef.items())
 
 
-def _physical(coef: dict[str, float]) -> bool:
-    """Per-block terms must not be negative: a block may never make a network cheaper than skipping it."""
-    scale = coef.get("time", 0.0)
-    families = [value for name, value in coef.items() if name.startswith("time:")]
-    return scale > 0 and all(scale + value > 0 for value in families) and coef.get("block", 0.0) >= 0 \
-        and coef.get("io", 0.0) >= 0
+def _physical(coef: dict[str, float], blocks: list[dict[str, float]] | None) -> bool:
+    """A calibrated block must cost more than skipping it: every block of ``blocks`` (the table's, as feature dicts)
+    keeps a positive cost. Without the blocks, no per-block coefficient may be negative."""
+    if blocks is None:
+        return all(value > 0 if name.startswith("time") else value >= 0 for name, value in coef.items()
+                   if name != "network")
+    terms = {name: value for name, value in coef.items() if name != "network"}
+    return all(_predict(terms, block) > 0 for block in blocks)
 
 
 def select_model(features: list[dict[str, float]], measured: list[float],
-                 candidates: dict[str, tuple[str, ...]] | None = None) -> tuple[Calibration, dict[str, Any]]:
+                 candidates: dict[str, tuple[str, ...]] | None = None,
+                 blocks: list[dict[str, float]] | None = None) -> tuple[Calibration, dict[str, Any]]:
     """Fit every candidate model, score it by leave-one-out on these networks, keep the best that generalises.
+
+    Args:
+        features, measured: the fitting networks' :func:`network_features` and measured latencies.
+        candidates: models to try (default :data:`CANDIDATE_MODELS`).
+        blocks: :func:`block_features` of every block of the table: a model that would give one of them a cost
+            <= 0 is rejected (a negative per-block constant is fine where it stays below every block's cost: the
+            per-call overhead a block pays when it runs alone, in ONNX Runtime for one).
 
     Returns:
         The chosen calibration (fitted on all the networks) and, per candidate, its leave-one-out accuracy
@@ -168,8 +178,8 @@ def select_model(features: list[dict[str, float]], measured: list[float],
     for name, names in candidates.items():
         try:
             coef = fit_model(features, measured, names)
-            if not _physical(coef):
-                raise FaceNASError(f"a negative per-block coefficient ({coef})")
+            if not _physical(coef, blocks):
+                raise FaceNASError(f"it gives some block a cost <= 0 ({coef})")
             held_out = []
             for i in range(len(measured)):
                 rest = [j for j in range(len(measured)) if j != i]

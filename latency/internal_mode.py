@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from latency.analytic import block_counts
-from latency.measure import device_info, machine_meta, measure_block, measure_networks
+from latency.measure import device_info, machine_meta
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
+from latency.runtimes import measure_table_block, measure_table_networks
 from latency.table_format import METRICS, TableFile
 from models.search_space import SearchSpace
 from utils.errors import FaceNASError
@@ -135,7 +136,8 @@ class LatencyTable(TableFile):
         if todo:
             with Progress(len(todo) * repeats, f"measuring {len(todo)} calibration networks", "run",
                           enabled=progress) as bar:
-                results = measure_networks([a for a, _ in todo], self.meta, repeats, seed, lambda: bar.update(1))
+                results = measure_table_networks([a for a, _ in todo], self.meta, repeats, seed,
+                                                 lambda: bar.update(1))
             for arch, role in todo:
                 self.add_network(arch.name, arch.to_dict(), results[arch.name], role)
         calibration = calibrate_from_networks(self)
@@ -146,10 +148,7 @@ class LatencyTable(TableFile):
         return calibration
 
     def _measure(self, key: str) -> dict[str, Any]:
-        protocol = self.meta["protocol"]
-        return measure_block(key, self.batch, self.meta["device"], protocol["warmup"], protocol["samples"],
-                             self.meta.get("threads"), dtype=self.meta["dtype"],
-                             channels_last=self.meta["memory_format"] == "channels_last", trim=protocol["trim"])
+        return measure_table_block(key, self.meta)
 
     def _write_missing_list(self, keys: list[str]) -> str:
         """Write the missing keys next to the table (for ``--names-file``); returns the file name."""

@@ -58,7 +58,7 @@ DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: The statistic of the timed samples new tables use (``latency.table_format.ESTIMATORS``); see docs/LATENCY.md for
 #: the test-retest study behind the choice.
-DEFAULT_ESTIMATOR = "trimmed_mean"
+DEFAULT_ESTIMATOR = "median"
 
 
 def device_type(device: str | torch.device) -> str:

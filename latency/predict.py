@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latency.accuracy import accuracy
-from latency.calibration import network_features, select_model
+from latency.calibration import block_features, network_features, select_model
 from models.arch import Arch
+from models.naming import parse_block
 from models.search_space import SearchSpace
 from utils.errors import FaceNASError
 
@@ -120,7 +121,8 @@ def fit_table_calibration(table: Any, fit: list[tuple[Arch, float]],
         raise FaceNASError(f"{table.path}: a calibration needs at least 3 measured fitting networks, not {len(fit)}")
     table.meta["calibration"] = None  # fit on the plain entries
     features = [arch_features(arch, table) for arch, _ in fit]
-    calibration, _ = select_model(features, [ms for _, ms in fit])
+    blocks = [block_features(parse_block(key), table.value(key), table.batch) for key in table.keys()]
+    calibration, _ = select_model(features, [ms for _, ms in fit], blocks=blocks)
     plain = accuracy([predict_latency(a, table, calibrated=False) for a, _ in fit], [ms for _, ms in fit])
     info: dict[str, Any] = {"n_fit": len(fit), "n_validate": len(validate), "fit_plain": plain,
                             "estimator": getattr(table, "estimator", "")}

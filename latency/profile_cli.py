@@ -40,17 +40,10 @@ from typing import Any
 
 import torch
 
-from latency.measure import (
-    DEFAULT_BATCH,
-    block_spec,
-    check_device,
-    load_average,
-    machine_meta,
-    measure_block,
-    measure_networks,
-)
+from latency.measure import DEFAULT_BATCH, block_spec, check_device, load_average, machine_meta
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
+from latency.runtimes import RUNTIME_CHOICES, measure_table_block, measure_table_networks, runtime_info
 from latency.table_format import RunLog, TableFile
 from models.arch import Arch
 from models.naming import BlockSpec, format_block, parse_block
@@ -153,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     how = parser.add_argument_group("how to measure")
     how.add_argument("--device", choices=("cpu", "cuda"),
                      help="where to run the blocks (default: cuda for --preset dgx/jetson, else cpu)")
+    how.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
+                     help="the runtime the network will be deployed with: torch = eager PyTorch; onnxruntime / "
+                          "openvino = every block (and calibration network) exported to its own ONNX graph and run "
+                          "there, CPU device; needs pip install onnx plus the runtime (default: torch)")
+    how.add_argument("--provider", metavar="NAME",
+                     help="onnxruntime execution provider (cpu, cuda, tensorrt, or a full provider name) or openvino "
+                          "device (CPU, GPU) (default: cpu / CPU)")
+    how.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"),
+                     help="onnxruntime graph-optimisation level (default: all)")
     how.add_argument("--batch", type=POSITIVE_INT,
                      help="batch size of the input tensor (default: the preset's; else 8 on cuda, 1 on cpu)")
     how.add_argument("--resolution", type=int_range(32),
@@ -431,8 +433,12 @@ def main(argv: list[str] | None = None) -> None:
     out = check_output_file(args.out or default_out(args, device, batch, resolution), "--out")
     log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
+    if args.runtime == "torch" and (args.provider or args.graph_optimization):
+        raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
+    runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
-                        preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note)
+                        preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note,
+                        **{k: v for k, v in runtime.items() if k != "threads"})
     resumed = out.exists()
     table = TableFile.open_or_create(out, **meta)
     protocol = table.meta["protocol"]
@@ -494,7 +500,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
     With ``--rounds R`` the whole key list is measured R times in separate passes (so a slow spell of the machine
     hits one pass, not one block); an entry keeps every round and shows the round with the median mean.
     """
-    meta, protocol = table.meta, table.meta["protocol"]
+    meta = table.meta
     counts = {"measured": 0, "present": 0, "skipped": 0}
     start = time.time()
     groups = family_groups(keys)
@@ -514,10 +520,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                     reason = None if done else _skip_reason(table, key, filtered, args)
                     if reason is None:
                         try:
-                            stats = measure_block(key, meta["batch"], meta["device"], protocol["warmup"],
-                                                  protocol["samples"], meta["threads"], dtype=meta["dtype"],
-                                                  channels_last=meta["memory_format"] == "channels_last",
-                                                  max_first5_ms=None if done else args.max_ms, trim=protocol["trim"])
+                            stats = measure_table_block(key, meta, None if done else args.max_ms)
                         except RuntimeError as exc:  # e.g. out of memory on a small device: log it, go on
                             reason = f"error while measuring: {str(exc).splitlines()[0][:200]}"
                             table.skip(key, reason, filter="error")
@@ -582,7 +585,7 @@ def profile_networks(table: TableFile, networks: list[tuple[Arch, str]], args: a
     if not todo:
         return 0
     with Progress(len(todo) * args.repeats, "networks", "run", enabled=not args.quiet) as progress:
-        results = measure_networks([arch for arch, _ in todo], table.meta, args.repeats, args.seed,
+        results = measure_table_networks([arch for arch, _ in todo], table.meta, args.repeats, args.seed,
                                    lambda: progress.update(1))
     for arch, role in todo:
         stats = results[arch.name]

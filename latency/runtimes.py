@@ -334,8 +334,10 @@ def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime
     threads = int(meta.get("threads") or torch.get_num_threads())
     modules = {arch.name: to_runtime(deploy_backbone(arch), shape, runtime, threads, provider, graph_optimization)
                for arch in archs}
-    return measure_interleaved(modules, shape, repeats, seed, on_step, device="cpu", warmup=protocol["warmup"],
-                               samples=protocol["samples"], threads=threads, trim=protocol["trim"])
+    return measure_interleaved(modules, shape, repeats, seed, on_step, estimator=protocol.get("estimator",
+                                                                                           "trimmed_mean"),
+                               device="cpu", warmup=protocol["warmup"], samples=protocol["samples"], threads=threads,
+                               trim=protocol["trim"])
 
 
 def runtime_info(runtime: str, provider: str | None = None, graph_optimization: str | None = None,
@@ -370,3 +372,33 @@ def runtime_info(runtime: str, provider: str | None = None, graph_optimization: 
                  "onnx_version": str(importlib.import_module("onnx").__version__),
                  "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"})
     return info
+
+
+# ------------------------------------------------------------------------------------ a table's own runtime
+def table_runtime(meta: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """``(runtime, provider, graph_optimization)`` a table was measured with (older tables: eager torch)."""
+    runtime = meta.get("runtime") or "torch"
+    if runtime == "torch":
+        return runtime, None, None
+    level = meta.get("graph_optimization")
+    return runtime, meta.get("execution_provider"), None if level == "default" else level
+
+
+def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
+                        max_first5_ms: float | None = None) -> dict[str, Any]:
+    """One block with a table's protocol, in the table's runtime (what the profiler and internal mode measure)."""
+    runtime, provider, level = table_runtime(meta)
+    protocol = meta["protocol"]
+    options: dict[str, Any] = {"dtype": meta["dtype"], "channels_last": meta["memory_format"] == "channels_last",
+                               "max_first5_ms": max_first5_ms, "trim": protocol["trim"]}
+    if runtime != "torch":
+        options.update(provider=provider, graph_optimization=level)
+    return measure_block_in_runtime(key_or_spec, int(meta["batch"]), runtime, meta["device"], protocol["warmup"],
+                                    protocol["samples"], meta.get("threads"), **options)
+
+
+def measure_table_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, seed: int = 0,
+                           on_step: Any = None) -> dict[str, dict[str, Any]]:
+    """Whole backbones with a table's protocol, in the table's runtime (calibration and predictor reports)."""
+    runtime, provider, level = table_runtime(meta)
+    return measure_networks_in_runtime(archs, meta, runtime, provider, level, repeats, seed, on_step)

@@ -50,7 +50,10 @@ LATENCY_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "n")
 ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
-                   "memory_format", "bn_folded")
+                   "memory_format", "bn_folded", "runtime", "runtime_version", "execution_provider",
+                   "graph_optimization")
+#: What a table that predates runtime-aware tables was measured in.
+DEFAULT_RUNTIME = {"runtime": "torch"}
 _MEASURED_FIELDS = ("device", "device_name", "threads", "dtype", "memory_format", "protocol")
 _HOW_TO_MEASURE = "run profile_latency.py with --names {key} --out {path} on the table's device"
 
@@ -248,12 +251,16 @@ class TableFile:
     def check_identity(self, wanted: dict[str, Any]) -> None:
         """Raise when ``wanted`` disagrees with this table on an identity field (device, batch, resolution...)."""
         for field in IDENTITY_FIELDS:
-            if field not in wanted or field not in self.meta:
+            if field == "runtime_version" and wanted.get("runtime", "torch") == "torch":
+                continue  # eager tables only warn about another torch version (the profiler does)
+            if field not in wanted or (field not in self.meta and field not in DEFAULT_RUNTIME):
                 continue
-            have, want = self.meta[field], wanted[field]
+            have, want = self.meta.get(field, DEFAULT_RUNTIME.get(field)), wanted[field]
             if have != want:
                 flag = {"batch": "--batch", "resolution": "--resolution", "threads": "--threads",
-                        "device": "--device", "dtype": "--dtype", "memory_format": "--channels-last"}.get(field)
+                        "device": "--device", "dtype": "--dtype", "memory_format": "--channels-last",
+                        "runtime": "--runtime", "execution_provider": "--provider",
+                        "graph_optimization": "--graph-optimization"}.get(field)
                 hint = f"use the table's {flag} value or" if flag else "measure into"
                 raise FaceNASError(f"{self.path}: table has {field}={have!r} but this run has {field}={want!r}; "
                                    f"{hint} {'write to ' if flag else ''}another --out file (nothing was changed)")
@@ -292,6 +299,11 @@ class TableFile:
         if getattr(self, "_calibration_source", None) is not data:  # parsed once per calibration object
             self._calibration_source, self._calibration = data, Calibration.from_meta(data)
         return self._calibration
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the table's latencies were measured in (``torch`` = eager PyTorch, older tables too)."""
+        return self.meta.get("runtime") or "torch"
 
     @property
     def estimator(self) -> str:

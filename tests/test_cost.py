@@ -200,3 +200,17 @@ def test_latency_report_end_to_end_fits_on_networks_it_does_not_report(tmp_path)
     png = plot.plot_report(out, tmp_path / "scatter.png")
     written = plot.plot_table(table, tmp_path / "plots", tmp_path / "grid.png")
     assert png.stat().st_size > 0 and len(written) >= 3 and all(p.stat().st_size > 0 for p in written)
+
+
+def test_the_report_measures_the_machine_drift_on_the_table_s_own_networks(tmp_path):
+    report = _load_tool("latency_report")
+    table_path = tmp_path / "d.json"
+    table = LatencyTable.create(table_path, device="cpu", batch=1, resolution=32, threads=1, warmup=1, samples=3,
+                                preset="rpi4")
+    table.calibrate_here([get_space("R11")], fit=3, validate=1, repeats=1, progress=False)
+    out = tmp_path / "r.json"
+    report.main(["--latency-table", str(table_path), "--random", "2", "--space", "R11", "--repeats", "1",
+                 "--drift-check", "3", "--quiet", "--json", str(out)])
+    drift = json.loads(out.read_text())["drift"]
+    assert drift["n"] == 3 and drift["low"] <= drift["drift"] <= drift["high"]
+    assert drift["validation_corrected"]["n"] == 2

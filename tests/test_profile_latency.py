@@ -257,7 +257,8 @@ def test_rounds_and_whole_networks_for_an_external_device(tmp_path, script):
     script.main([*args, "--rounds", "2"])
     table = TableFile.load(out)
     entry = next(iter(table.entries.values()))
-    assert len(entry["rounds"]) == 2 and entry["mean_ms"] == sorted(r["mean_ms"] for r in entry["rounds"])[0]
+    field = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}[table.estimator]
+    assert len(entry["rounds"]) == 2 and entry[field] == sorted(r[field] for r in entry["rounds"])[0]
     assert table.meta["protocol"]["rounds"] == 2
     assert sorted(n["role"] for n in table.networks.values()) == ["fit", "fit", "validate", "validate"]
     assert all(len(n["rounds_ms"]) == 2 and n["measured_ms"] > 0 for n in table.networks.values())
@@ -295,3 +296,22 @@ def test_a_profiled_table_is_calibrated_by_default_and_on_the_device(device_dir)
                "3", "--no-calibration", "--out", "plain.json")
     plain = TableFile.load(device_dir / "plain.json")
     assert plain.meta["calibration"] is None and not plain.networks
+
+
+def test_a_table_measured_in_onnx_runtime_records_it_and_refuses_to_mix(device_dir, script):
+    """--runtime onnxruntime: blocks and calibration networks as ONNX graphs in ONNX Runtime, recorded in meta."""
+    pytest.importorskip("onnxruntime")
+    out = device_dir / "ort.json"
+    args = ["--space", "R12", "--resolution", "32", "--threads", "1", "--warmup", "1", "--samples", "3", "--quiet",
+            "--fit-archs", "4", "--random-archs", "2", "--repeats", "1", "--out", str(out)]
+    script.main([*args, "--runtime", "onnxruntime"])
+    table = TableFile.load(out)
+    assert table.runtime == "onnxruntime" and table.meta["execution_provider"] == "CPUExecutionProvider"
+    assert table.meta["graph_optimization"] == "all" and table.meta["runtime_version"]
+    assert table.meta["calibration"]["n_fit"] == 4 and len(table.networks) == 6
+    before = out.read_text()
+    with pytest.raises(script.FaceNASError, match="runtime='onnxruntime' but this run has runtime='torch'"):
+        script.main(args)  # an eager run may not add entries to an ONNX Runtime table
+    with pytest.raises(script.FaceNASError, match="graph_optimization"):
+        script.main([*args, "--runtime", "onnxruntime", "--graph-optimization", "basic"])
+    assert out.read_text() == before

@@ -48,6 +48,7 @@ SOURCES = (
     "latency/measure.py",
     "latency/predict.py",
     "latency/random_archs.py",
+    "latency/runtimes.py",
     "latency/profile_cli.py",
 )
 PROJECT_PACKAGES = ("models", "latency", "utils")

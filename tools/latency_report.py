@@ -24,6 +24,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,12 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from latency.accuracy import spearman, summarize_groups  # noqa: E402
+from latency.accuracy import accuracy, spearman, summarize_groups  # noqa: E402
 from latency.calibration import CALIBRATION_METHODS, compare_methods, fit_calibration  # noqa: E402
 from latency.internal_mode import LatencyTable  # noqa: E402
-from latency.measure import load_average, measure_networks  # noqa: E402
-from latency.predict import arch_keys, describe_calibration, fit_table_calibration, predict_latency  # noqa: E402  # noqa: E402
+from latency.measure import load_average  # noqa: E402
+from latency.predict import arch_keys, describe_calibration, fit_table_calibration, predict_latency  # noqa: E402
 from latency.random_archs import validation_and_fit_archs  # noqa: E402
+from latency.runtimes import measure_table_networks  # noqa: E402
 from latency.table_format import RunLog  # noqa: E402
 from models import published_arch  # noqa: E402
 from models.arch import Arch  # noqa: E402
@@ -101,11 +103,33 @@ def networks_from_table(table: LatencyTable) -> list[dict[str, Any]]:
     return nets
 
 
+def stored_networks(table: LatencyTable, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` of the networks the table stored when it was profiled (fitting ones first), to re-measure."""
+    records = sorted(table.networks.items(), key=lambda item: item[1]["role"] != "fit")[:count]
+    out = []
+    for name, record in records:
+        arch = Arch.from_dict(record["arch"], f"{table.path}: network {name}")
+        arch.name = f"stored:{name}"
+        out.append({"arch": arch, "group": "stored", "role": "drift", "stored_ms": record["measured_ms"],
+                    "stored_date": record.get("date", "")})
+    return out
+
+
+def machine_drift(stored: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How much faster (-) or slower (+) the machine runs the table's own networks now than when it was profiled."""
+    if not stored:
+        return None
+    ratios = sorted(n["measured_ms"] / n["stored_ms"] - 1 for n in stored)
+    return {"n": len(ratios), "drift": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
+            "when": min(n["stored_date"] for n in stored) or "unknown date"}
+
+
 def measure_here(nets: list[dict[str, Any]], table: LatencyTable, repeats: int, seed: int,
                  progress: bool = True) -> None:
     """Measure every network end to end here with the table's protocol and store the results in it."""
     with Progress(len(nets) * repeats, "measuring networks", "run", enabled=progress) as bar:
-        results = measure_networks([net["arch"] for net in nets], table.meta, repeats, seed, lambda: bar.update(1))
+        results = measure_table_networks([net["arch"] for net in nets], table.meta, repeats, seed,
+                                         lambda: bar.update(1))
     for net in nets:
         net.update(results[net["arch"].name])
 
@@ -140,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --fit-calibration: select = the calibration model with the best leave-one-out "
                              "error on the fitting networks, as profile_latency.py does (latency/calibration.py); "
                              "median / lsq / affine = a scale (and offset) from the plain sums only (default: select)")
+    parser.add_argument("--drift-check", type=NON_NEGATIVE_INT, default=8, metavar="N",
+                        help="also re-measure N of the whole networks stored in the table when it was profiled, in the "
+                             "same rounds, and report how much faster or slower the machine runs now (a shared "
+                             "machine's speed drifts by tens of percent in an hour); 0 turns it off (default: 8)")
     parser.add_argument("--no-fill", action="store_true",
                         help="fail on blocks missing from the table instead of measuring them here (internal mode, "
                              "the default)")
@@ -184,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             log.close()
 
+    stored = [] if args.from_table else stored_networks(table, args.drift_check)
     if not args.from_table:
-        measure_here(nets, table, args.repeats, args.seed, progress=not args.quiet)
+        measure_here(nets + stored, table, args.repeats, args.seed, progress=not args.quiet)
+    drift = machine_drift(stored)
     for net in nets:
         net["predicted_raw_ms"] = predict_latency(net["arch"], table, calibrated=False)
         net["blocks"] = len(net["arch"].resolve(table.input_size))
@@ -224,6 +254,15 @@ def main(argv: list[str] | None = None) -> None:
         second = [n["rounds_ms"][1] for n in nets]
         retest = spearman(first, second)
     print_report(nets, summary, table, calibration, retest)
+    if drift is not None:
+        corrected = accuracy([n["predicted_ms"] * (1 + drift["drift"]) for n in nets if n["role"] == "validate"],
+                             [n["measured_ms"] for n in nets if n["role"] == "validate"])
+        drift["validation_corrected"] = corrected
+        print(f"machine drift: {drift['n']} networks stored in the table when it was profiled ({drift['when']}) ran "
+              f"{100 * drift['drift']:+.1f}% (median; {100 * drift['low']:+.1f}% .. {100 * drift['high']:+.1f}%) "
+              f"against their stored latency, measured in the same rounds as the networks above; with that drift "
+              f"taken out, validation MAPE {corrected['mape']:.1f}%, {corrected['within10']:.0f}% within 10% "
+              "(the table and the machine disagree by the drift, not the predictor)")
     if comparison:
         print("scale-only calibrations fitted on the same networks, scored on the validation networks:")
         for method, result in comparison.items():
@@ -242,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
             "calibration_before": before, "calibration": table.meta.get("calibration"),
             "refitted": calibration is not None,
             "scale": table.scale, "offset_ms": table.offset_ms, "method_comparison": comparison,
-            "retest_spearman": retest, "seconds": time.time() - start, "load_average": [load_start, load_average()],
+            "retest_spearman": retest, "drift": drift, "seconds": time.time() - start,
+            "load_average": [load_start, load_average()],
             "summary": summary,
             "networks": [{k: (v.name if k == "arch" else v) for k, v in n.items()} | {"arch_dict": n["arch"].to_dict()}
                          for n in nets],
