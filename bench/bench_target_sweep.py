@@ -52,9 +52,11 @@ def run_search(table: Path, space: str, target: float, out: Path, extra: list[st
         return
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # a killed search resumes from its own checkpoint (same seed, same result) instead of starting over
+    resume = ["--resume"] if (out / "last.pth").is_file() or (out / "warmup.pth").is_file() else []
     command = [sys.executable, "search.py", "--latency-table", str(table), "--target", f"{target:g}", "--space",
-               space, "--out-dir", str(out), "--no-progress", *extra]
-    with (out.parent / f"{out.name}.stdout").open("w", encoding="utf-8") as handle:
+               space, "--out-dir", str(out), "--no-progress", *resume, *extra]
+    with (out.parent / f"{out.name}.stdout").open("a", encoding="utf-8") as handle:
         done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         raise SystemExit(f"search failed: {' '.join(command)} (see {out.parent / (out.name + '.stdout')})")

@@ -1,0 +1,85 @@
+"""A search for a runtime, end to end (issue 11; a benchmark, not a test): table in ONNX Runtime -> search ->
+export.py -> the exported file timed in ONNX Runtime against the target.
+
+1. ``search.py`` with the given ONNX Runtime table (``profile_latency.py --runtime onnxruntime``), default CPU
+   budget and the budgeted derive;
+2. ``export.py --model OUT/arch.json --what backbone --static --size S S`` (the deploy form, checked against PyTorch);
+3. the exported ``.onnx`` file itself loaded into ONNX Runtime with the table's settings (provider, optimisation
+   level, threads) and timed with the table's protocol, in interleaved rounds with a few of the table's own
+   networks (to show how far the machine drifted since profiling); then measured latency against the target.
+
+    python bench/bench_runtime_search.py --table bench/tables/rpi4_ort_320.json --space R5_V2 --target 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from latency.internal_mode import LatencyTable  # noqa: E402
+from latency.measure import cpu_model, deploy_backbone, load_average, measure_interleaved  # noqa: E402
+from latency.runtimes import build_runtime_module, export_module_onnx, table_runtime  # noqa: E402
+from models.arch import Arch  # noqa: E402
+from utils.atomic import atomic_write_json  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--table", type=Path, required=True, help="an ONNX Runtime (or OpenVINO) latency table")
+    parser.add_argument("--space", default="R5_V2", help="search space")
+    parser.add_argument("--target", type=float, required=True, help="target backbone latency (ms)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "runtime_search",
+                        help="work folder")
+    args = parser.parse_args()
+    table = LatencyTable.load(args.table)
+    runtime, provider, level = table_runtime(table.meta)
+    out = args.out / f"{args.space}_T{args.target:g}"
+    if not (out / "arch.json").is_file():
+        subprocess.run([sys.executable, "search.py", "--latency-table", str(args.table), "--target", f"{args.target:g}",
+                        "--space", args.space, "--out-dir", str(out), "--no-progress"], cwd=ROOT, check=True)
+    side = table.input_size
+    onnx_file = out / "backbone.onnx"
+    if not onnx_file.is_file():
+        subprocess.run([sys.executable, "export.py", "--model", str(out / "arch.json"), "--what", "backbone",
+                        "--static", "--size", str(side), str(side), "--out", str(onnx_file)], cwd=ROOT, check=True)
+    arch = Arch.load(out / "arch.json")
+    threads = int(table.meta["threads"])
+    modules = {"exported": build_runtime_module(onnx_file.read_bytes(), runtime, threads, provider, level)}
+    stored = list(table.networks.items())[:6]
+    for name, record in stored:  # the table's own networks, for the drift since profiling
+        modules[f"stored:{name}"] = build_runtime_module(
+            export_module_onnx(deploy_backbone(Arch.from_dict(record["arch"])), (table.batch, 3, side, side)),
+            runtime, threads, provider, level)
+    protocol = table.meta["protocol"]
+    start, load = time.time(), load_average()
+    results = measure_interleaved(modules, (table.batch, 3, side, side), args.repeats, 0, None,
+                                  estimator=table.estimator, device="cpu", warmup=protocol["warmup"],
+                                  samples=protocol["samples"], threads=threads, trim=protocol["trim"])
+    drift = statistics.median(results[f"stored:{n}"]["measured_ms"] / r["measured_ms"] - 1 for n, r in stored)
+    measured = results["exported"]["measured_ms"]
+    budget = arch.meta["derive"]["budget"]
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(), "table": str(args.table),
+              "runtime": runtime, "provider": provider, "level": level, "threads": threads, "space": args.space,
+              "target": args.target, "predicted": budget["predicted"], "status": budget["status"],
+              "measured_exported": measured, "spread": results["exported"]["spread"], "drift": drift,
+              "load": [load, load_average()], "seconds": time.time() - start}
+    atomic_write_json(out / "report.json", report)
+    print(json.dumps(report, indent=1))
+    print(f"{args.space} target {args.target:g} ms in {runtime}: predicted {budget['predicted']:.3f} ms "
+          f"({100 * (budget['predicted'] / args.target - 1):+.1f}%), the exported file measured {measured:.3f} ms "
+          f"({100 * (measured / args.target - 1):+.1f}%; spread {results['exported']['spread']:.1f}%); the table's own "
+          f"networks ran {100 * drift:+.1f}% against their stored latency")
+
+
+if __name__ == "__main__":
+    main()
