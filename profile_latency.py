@@ -2356,9 +2356,16 @@ def _predict(coef: dict[str, float], features: dict[str, float]) -> float:
     return sum(value * features.get(name, 0.0) for name, value in coef.items())
 
 
+def skippable(spec: BlockSpec) -> bool:
+    """Whether a search edge could put ``Zero`` in this block's place: it keeps the tensor's shape (stride 1, as many
+    output as input channels). Only such blocks are compared with skipping, so only they must keep a positive
+    calibrated cost."""
+    return spec.family != "Zero" and spec.stride == 1 and spec.cin == spec.cout
+
+
 def _physical(coef: dict[str, float], blocks: list[dict[str, float]] | None) -> bool:
-    """A calibrated block must cost more than skipping it: every block of ``blocks`` (the table's, as feature dicts)
-    keeps a positive cost. Without the blocks, no per-block coefficient may be negative."""
+    """A calibrated block must cost more than skipping it: every block of ``blocks`` (the table's skippable ones, as
+    feature dicts) keeps a positive cost. Without the blocks, no per-block coefficient may be negative."""
     if blocks is None:
         return all(value > 0 if name.startswith("time") else value >= 0 for name, value in coef.items()
                    if name != "network")
@@ -2374,9 +2381,9 @@ def select_model(features: list[dict[str, float]], measured: list[float],
     Args:
         features, measured: the fitting networks' :func:`network_features` and measured latencies.
         candidates: models to try (default :data:`CANDIDATE_MODELS`).
-        blocks: :func:`block_features` of every block of the table: a model that would give one of them a cost
-            <= 0 is rejected (a negative per-block constant is fine where it stays below every block's cost: the
-            per-call overhead a block pays when it runs alone, in ONNX Runtime for one).
+        blocks: :func:`block_features` of the table's :func:`skippable` blocks: a model that would give one of them
+            a cost <= 0 is rejected (a negative per-block constant is fine where it stays below every such block's
+            cost: the per-call overhead a block pays when it runs alone, in ONNX Runtime for one).
 
     Returns:
         The chosen calibration (fitted on all the networks) and, per candidate, its leave-one-out accuracy
@@ -3580,7 +3587,10 @@ def fit_table_calibration(table: Any, fit: list[tuple[Arch, float]],
         raise FaceNASError(f"{table.path}: a calibration needs at least 3 measured fitting networks, not {len(fit)}")
     table.meta["calibration"] = None  # fit on the plain entries
     features = [arch_features(arch, table) for arch, _ in fit]
-    blocks = [block_features(parse_block(key), table.value(key), table.batch) for key in table.keys()]
+    # only a block an edge may replace by Zero must stay dearer than nothing; a stride or channel-changing block is in
+    # every network of its edge, so its calibrated share may be <= 0 (the per-call overhead of timing it alone)
+    specs = [(parse_block(key), key) for key in table.keys()]
+    blocks = [block_features(spec, table.value(key), table.batch) for spec, key in specs if skippable(spec)]
     calibration, _ = select_model(features, [ms for _, ms in fit], blocks=blocks)
     plain = accuracy([predict_latency(a, table, calibrated=False) for a, _ in fit], [ms for _, ms in fit])
     info: dict[str, Any] = {"n_fit": len(fit), "n_validate": len(validate), "fit_plain": plain,

@@ -147,9 +147,16 @@ def _predict(coef: dict[str, float], features: dict[str, float]) -> float:
     return sum(value * features.get(name, 0.0) for name, value in coef.items())
 
 
+def skippable(spec: BlockSpec) -> bool:
+    """Whether a search edge could put ``Zero`` in this block's place: it keeps the tensor's shape (stride 1, as many
+    output as input channels). Only such blocks are compared with skipping, so only they must keep a positive
+    calibrated cost."""
+    return spec.family != "Zero" and spec.stride == 1 and spec.cin == spec.cout
+
+
 def _physical(coef: dict[str, float], blocks: list[dict[str, float]] | None) -> bool:
-    """A calibrated block must cost more than skipping it: every block of ``blocks`` (the table's, as feature dicts)
-    keeps a positive cost. Without the blocks, no per-block coefficient may be negative."""
+    """A calibrated block must cost more than skipping it: every block of ``blocks`` (the table's skippable ones, as
+    feature dicts) keeps a positive cost. Without the blocks, no per-block coefficient may be negative."""
     if blocks is None:
         return all(value > 0 if name.startswith("time") else value >= 0 for name, value in coef.items()
                    if name != "network")
@@ -165,9 +172,9 @@ def select_model(features: list[dict[str, float]], measured: list[float],
     Args:
         features, measured: the fitting networks' :func:`network_features` and measured latencies.
         candidates: models to try (default :data:`CANDIDATE_MODELS`).
-        blocks: :func:`block_features` of every block of the table: a model that would give one of them a cost
-            <= 0 is rejected (a negative per-block constant is fine where it stays below every block's cost: the
-            per-call overhead a block pays when it runs alone, in ONNX Runtime for one).
+        blocks: :func:`block_features` of the table's :func:`skippable` blocks: a model that would give one of them
+            a cost <= 0 is rejected (a negative per-block constant is fine where it stays below every such block's
+            cost: the per-call overhead a block pays when it runs alone, in ONNX Runtime for one).
 
     Returns:
         The chosen calibration (fitted on all the networks) and, per candidate, its leave-one-out accuracy

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latency.accuracy import accuracy
-from latency.calibration import block_features, network_features, select_model
+from latency.calibration import block_features, network_features, select_model, skippable
 from models.arch import Arch
 from models.naming import parse_block
 from models.search_space import SearchSpace
@@ -121,7 +121,10 @@ def fit_table_calibration(table: Any, fit: list[tuple[Arch, float]],
         raise FaceNASError(f"{table.path}: a calibration needs at least 3 measured fitting networks, not {len(fit)}")
     table.meta["calibration"] = None  # fit on the plain entries
     features = [arch_features(arch, table) for arch, _ in fit]
-    blocks = [block_features(parse_block(key), table.value(key), table.batch) for key in table.keys()]
+    # only a block an edge may replace by Zero must stay dearer than nothing; a stride or channel-changing block is in
+    # every network of its edge, so its calibrated share may be <= 0 (the per-call overhead of timing it alone)
+    specs = [(parse_block(key), key) for key in table.keys()]
+    blocks = [block_features(spec, table.value(key), table.batch) for spec, key in specs if skippable(spec)]
     calibration, _ = select_model(features, [ms for _, ms in fit], blocks=blocks)
     plain = accuracy([predict_latency(a, table, calibrated=False) for a, _ in fit], [ms for _, ms in fit])
     info: dict[str, Any] = {"n_fit": len(fit), "n_validate": len(validate), "fit_plain": plain,

@@ -70,6 +70,37 @@ def test_select_model_recovers_a_known_gap_and_generalises(tmp_path, truth, expe
     assert costs.of_paths(choices) == pytest.approx(predict_latency(space.arch_from_choices(choices), again))
 
 
+@pytest.mark.parametrize("small", ["stride", "skippable"])
+def test_a_per_call_overhead_may_exceed_only_blocks_no_edge_can_skip(tmp_path, small):
+    """ONNX Runtime's case: every block timed alone pays a call overhead the whole network does not. A negative
+    per-block constant larger than a stride-2 block's entry is fine (that block is in every network of its edge),
+    but not one that makes a block cheaper than the Zero that could replace it."""
+    from latency.calibration import skippable
+
+    space = get_space("R5_V2")
+    table = _table(tmp_path, space)
+    tiny = None
+    for key in space.latency_keys(SIDE):
+        spec = parse_block(key)
+        if spec.family in ("Conv", "MaxPool", "Zero"):
+            continue
+        wanted = (spec.stride == 2) if small == "stride" else skippable(spec)
+        if wanted and tiny is None:
+            tiny = key
+        value = 0.03 if key == tiny else max(table.value(key), 0.3)
+        table.add(key, {"mean_ms": value, "median_ms": value, "p10_ms": value, "p90_ms": value, "n": 3})
+    truth = {"time": 1.0, "block": -0.08}
+    rng = random.Random(1)
+    fit = [(a, _truth(table, a, truth, 0.002, rng)) for a in random_archs([space], 16, seed=3, prefix="fit")]
+    stored = fit_table_calibration(table, fit)
+    if small == "stride":
+        assert stored["model"] == "scale+per-block", stored["candidates"]
+        assert stored["coef"]["block"] == pytest.approx(-0.08, abs=0.01)
+    else:
+        assert stored["model"] != "scale+per-block"
+        assert "cost <= 0" in stored["candidates"]["scale+per-block"]["error"]
+
+
 def test_per_block_costs_are_the_model_and_old_calibrations_still_read(tmp_path):
     space = get_space("R11")
     table = _table(tmp_path, space)
