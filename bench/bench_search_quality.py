@@ -207,17 +207,27 @@ def phase_measure(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]
         arch = Arch.from_dict(net["arch"])
         arch.name = net["name"]
         archs.append(arch)
+    stored = []  # the table's own networks in the same rounds: how far the machine moved since profiling
+    for name, record in list(table.networks.items())[:8]:
+        arch = Arch.from_dict(record["arch"])
+        arch.name = f"stored:{name}"
+        archs.append(arch)
+        stored.append((arch.name, record["measured_ms"]))
     start, load = time.time(), load_average()
     results = measure_table_networks(archs, table.meta, repeats=args.repeats, seed=0)
+    ratios = sorted(results[name]["measured_ms"] / ms - 1 for name, ms in stored)
     atomic_write_json(path, {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                              "load_start": load, "load_end": load_average(), "seconds": time.time() - start,
-                             "repeats": args.repeats, "networks": results})
+                             "repeats": args.repeats, "drift": statistics.median(ratios) if ratios else None,
+                             "networks": {k: v for k, v in results.items() if not k.startswith("stored:")},
+                             "stored": {k: v for k, v in results.items() if k.startswith("stored:")}})
 
 
 def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]) -> dict[str, Any]:
     from scipy.stats import kendalltau
 
-    latency = json.loads((out / "latency.json").read_text())["networks"] if (out / "latency.json").is_file() else {}
+    timing = json.loads((out / "latency.json").read_text()) if (out / "latency.json").is_file() else {}
+    latency = timing.get("networks", {})
     rank = json.loads((out / "rank.json").read_text())["networks"] if (out / "rank.json").is_file() else {}
     rows = []
     for net in nets:
@@ -236,7 +246,8 @@ def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]
     random_rows = [r for r in trained if r["kind"] == "random"]
     searched = next((r for r in trained if r["kind"] == "searched"), None)
     spread = [max(r["ap_per_seed"]) - min(r["ap_per_seed"]) for r in trained if len(r["ap_per_seed"]) > 1]
-    summary: dict[str, Any] = {"seed_spread_median": statistics.median(spread) if spread else None}
+    summary: dict[str, Any] = {"seed_spread_median": statistics.median(spread) if spread else None,
+                               "machine_drift": timing.get("drift")}
     if searched and random_rows:
         means = sorted((r["ap"]["mean"] for r in random_rows), reverse=True)
         summary.update(random_mean=statistics.fmean(means), random_best=means[0],
