@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from latency.drift import machine_drift, stored_networks  # noqa: E402
 from latency.internal_mode import LatencyTable  # noqa: E402
 from latency.measure import cpu_model, deploy_backbone, load_average, measure_interleaved  # noqa: E402
 from latency.runtimes import build_runtime_module, export_module_onnx, table_runtime  # noqa: E402
@@ -55,17 +55,17 @@ def main() -> None:
     arch = Arch.load(out / "arch.json")
     threads = int(table.meta["threads"])
     modules = {"exported": build_runtime_module(onnx_file.read_bytes(), runtime, threads, provider, level)}
-    stored = list(table.networks.items())[:6]
-    for name, record in stored:  # the table's own networks, for the drift since profiling
-        modules[f"stored:{name}"] = build_runtime_module(
-            export_module_onnx(deploy_backbone(Arch.from_dict(record["arch"])), (table.batch, 3, side, side)),
-            runtime, threads, provider, level)
+    stored = stored_networks(table, 6)  # the table's own networks, for the drift since profiling
+    for stored_arch, _, _ in stored:
+        modules[stored_arch.name] = build_runtime_module(
+            export_module_onnx(deploy_backbone(stored_arch), (table.batch, 3, side, side)), runtime, threads,
+            provider, level)
     protocol = table.meta["protocol"]
     start, load = time.time(), load_average()
     results = measure_interleaved(modules, (table.batch, 3, side, side), args.repeats, 0, None,
                                   estimator=table.estimator, device="cpu", warmup=protocol["warmup"],
                                   samples=protocol["samples"], threads=threads, trim=protocol["trim"])
-    drift = statistics.median(results[f"stored:{n}"]["measured_ms"] / r["measured_ms"] - 1 for n, r in stored)
+    drift = (machine_drift(stored, results) or {"drift": 0.0})["drift"]  # 0 for a table without stored networks
     measured = results["exported"]["measured_ms"]
     budget = arch.meta["derive"]["budget"]
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(), "table": str(args.table),

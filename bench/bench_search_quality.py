@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from latency.drift import STORED_PREFIX, machine_drift, stored_networks  # noqa: E402
 from latency.internal_mode import LatencyTable  # noqa: E402
 from latency.measure import cpu_model, load_average  # noqa: E402
 from latency.predict import edge_costs, predict_latency  # noqa: E402
@@ -207,20 +208,15 @@ def phase_measure(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]
         arch = Arch.from_dict(net["arch"])
         arch.name = net["name"]
         archs.append(arch)
-    stored = []  # the table's own networks in the same rounds: how far the machine moved since profiling
-    for name, record in list(table.networks.items())[:8]:
-        arch = Arch.from_dict(record["arch"])
-        arch.name = f"stored:{name}"
-        archs.append(arch)
-        stored.append((arch.name, record["measured_ms"]))
+    stored = stored_networks(table, 8)  # in the same rounds: how far the machine moved since profiling
     start, load = time.time(), load_average()
-    results = measure_table_networks(archs, table.meta, repeats=args.repeats, seed=0)
-    ratios = sorted(results[name]["measured_ms"] / ms - 1 for name, ms in stored)
+    results = measure_table_networks(archs + [a for a, _, _ in stored], table.meta, repeats=args.repeats, seed=0)
+    drift = machine_drift(stored, results)
     atomic_write_json(path, {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                              "load_start": load, "load_end": load_average(), "seconds": time.time() - start,
-                             "repeats": args.repeats, "drift": statistics.median(ratios) if ratios else None,
-                             "networks": {k: v for k, v in results.items() if not k.startswith("stored:")},
-                             "stored": {k: v for k, v in results.items() if k.startswith("stored:")}})
+                             "repeats": args.repeats, "drift": drift["drift"] if drift else None,
+                             "networks": {k: v for k, v in results.items() if not k.startswith(STORED_PREFIX)},
+                             "stored": {k: v for k, v in results.items() if k.startswith(STORED_PREFIX)}})
 
 
 def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from latency.drift import machine_drift, stored_networks  # noqa: E402
 from latency.internal_mode import LatencyTable  # noqa: E402
 from latency.measure import cpu_model, load_average  # noqa: E402
 from latency.predict import edge_costs, predict_latency  # noqa: E402
@@ -92,20 +93,16 @@ def main() -> None:
             argmax = get_space(space).arch_from_choices(arch.meta["derive"]["argmax"]["choices"])
             arch.name, argmax.name = f"budget_{space}_T{target:g}", f"argmax_{space}_T{target:g}"
             archs += [arch, argmax]
-        stored = []  # the table's own networks, re-measured in the same rounds: how far the machine drifted
-        for name, record in list(table.networks.items())[:8]:
-            arch = Arch.from_dict(record["arch"])
-            arch.name = f"stored:{name}"
-            stored.append((arch, record["measured_ms"]))
+        stored = stored_networks(table, 8)  # re-measured in the same rounds: how far the machine drifted
         start, load = time.time(), load_average()
-        measured = measure_table_networks(list({a.name: a for a in archs}.values()) + [a for a, _ in stored],
+        measured = measure_table_networks(list({a.name: a for a in archs}.values()) + [a for a, _, _ in stored],
                                           table.meta, args.repeats, seed=0)
-        ratios = sorted(measured[a.name]["measured_ms"] / ms - 1 for a, ms in stored)
-        drift = ratios[len(ratios) // 2] if ratios else 0.0
+        drift = machine_drift(stored, measured)
         atomic_write_json(args.out / "measured.json", {
             "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": load,
             "load_end": load_average(), "seconds": round(time.time() - start, 1), "repeats": args.repeats,
-            "drift": drift, "drift_range": [ratios[0], ratios[-1]] if ratios else None, "networks": measured})
+            "drift": drift["drift"] if drift else 0.0, "drift_range": [drift["low"], drift["high"]] if drift else None,
+            "networks": measured})
     if args.phase in ("report", "all"):
         measured = json.loads((args.out / "measured.json").read_text())
         rows, counts = [], {"budget": [0, 0, 0, 0], "argmax": [0, 0, 0, 0]}

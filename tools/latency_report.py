@@ -24,7 +24,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from latency.accuracy import accuracy, spearman, summarize_groups  # noqa: E402
 from latency.calibration import CALIBRATION_METHODS, compare_methods, fit_calibration  # noqa: E402
+from latency.drift import machine_drift, stored_networks  # noqa: E402
 from latency.internal_mode import LatencyTable  # noqa: E402
 from latency.measure import load_average  # noqa: E402
 from latency.predict import arch_keys, describe_calibration, fit_table_calibration, predict_latency  # noqa: E402
@@ -101,27 +101,6 @@ def networks_from_table(table: LatencyTable) -> list[dict[str, Any]]:
         nets.append({"arch": arch, "group": group, "role": record["role"], "rounds_ms": record["rounds_ms"],
                      "measured_ms": record["measured_ms"], "spread": record["spread"]})
     return nets
-
-
-def stored_networks(table: LatencyTable, count: int) -> list[dict[str, Any]]:
-    """Up to ``count`` of the networks the table stored when it was profiled (fitting ones first), to re-measure."""
-    records = sorted(table.networks.items(), key=lambda item: item[1]["role"] != "fit")[:count]
-    out = []
-    for name, record in records:
-        arch = Arch.from_dict(record["arch"], f"{table.path}: network {name}")
-        arch.name = f"stored:{name}"
-        out.append({"arch": arch, "group": "stored", "role": "drift", "stored_ms": record["measured_ms"],
-                    "stored_date": record.get("date", "")})
-    return out
-
-
-def machine_drift(stored: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """How much faster (-) or slower (+) the machine runs the table's own networks now than when it was profiled."""
-    if not stored:
-        return None
-    ratios = sorted(n["measured_ms"] / n["stored_ms"] - 1 for n in stored)
-    return {"n": len(ratios), "drift": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
-            "when": min(n["stored_date"] for n in stored) or "unknown date"}
 
 
 def measure_here(nets: list[dict[str, Any]], table: LatencyTable, repeats: int, seed: int,
@@ -213,9 +192,10 @@ def main(argv: list[str] | None = None) -> None:
             log.close()
 
     stored = [] if args.from_table else stored_networks(table, args.drift_check)
+    again = [{"arch": arch} for arch, _, _ in stored]  # measured in the same rounds as the networks checked
     if not args.from_table:
-        measure_here(nets + stored, table, args.repeats, args.seed, progress=not args.quiet)
-    drift = machine_drift(stored)
+        measure_here(nets + again, table, args.repeats, args.seed, progress=not args.quiet)
+    drift = machine_drift(stored, {net["arch"].name: net for net in again})
     for net in nets:
         net["predicted_raw_ms"] = predict_latency(net["arch"], table, calibrated=False)
         net["blocks"] = len(net["arch"].resolve(table.input_size))
