@@ -2254,6 +2254,7 @@ CANDIDATE_MODELS: dict[str, tuple[str, ...]] = {
     "scale+per-block+traffic": ("time", "block", "io"),
     "scale+per-block+offset": ("time", "block", "network"),
     "family-scales": ("time", *(f"time:{family}" for family in SCALED_FAMILIES)),
+    "family-scales+offset": ("time", *(f"time:{family}" for family in SCALED_FAMILIES), "network"),
     "family-scales+per-block": ("time", "block", *(f"time:{family}" for family in SCALED_FAMILIES)),
 }
 #: A model with more parameters must beat a simpler one's leave-one-out MAPE by this many points to be chosen.

@@ -70,6 +70,33 @@ def test_select_model_recovers_a_known_gap_and_generalises(tmp_path, truth, expe
     assert costs.of_paths(choices) == pytest.approx(predict_latency(space.arch_from_choices(choices), again))
 
 
+def test_family_scales_with_an_offset_are_told_apart_across_spaces(tmp_path):
+    """ONNX Runtime on the 2-core CPU: some families run faster inside a network than alone, others slower, plus a
+    per-network constant (bench/results/ort_report). The rpi4 spaces share their first conv and MaxPool, so the plain
+    scale of those fixed parts and the offset are told apart only by the last convs that differ (R9's, the _HS ones);
+    with one shared last conv the fit must refuse the model rather than guess."""
+    rng = random.Random(0)
+
+    def fitted(names):
+        spaces = [get_space(name, hardswish=name.endswith("_HS")) for name in names]
+        table = TableFile.create(tmp_path / f"{'-'.join(names)}.json", device="cpu", device_name="test CPU",
+                                 threads=1, batch=1, resolution=SIDE, protocol={"warmup": 1, "samples": 3, "trim": 0.1})
+        for key in dict.fromkeys(k for space in spaces for k in space.latency_keys(SIDE)):
+            value = rng.uniform(0.05, 2.0)
+            table.add(key, {"mean_ms": value, "median_ms": value, "p10_ms": value, "p90_ms": value, "n": 3})
+        truth = {"time": 1.2, "time:MBV1": -0.3, "time:MBV2": -0.25, "time:DK": 0.2, "network": -4.0}
+        fit = [(a, _truth(table, a, truth, 0.002, rng)) for a in random_archs(spaces, 24, seed=3, prefix="fit")]
+        held = [(a, _truth(table, a, truth, 0.002, rng)) for a in random_archs(spaces, 12, seed=4, prefix="val")]
+        return fit_table_calibration(table, fit, held)
+
+    stored = fitted(["R5_V2", "R9", "R3_HS", "R10"])
+    assert stored["model"] == "family-scales+offset", stored["candidates"]
+    assert stored["validation"]["within10"] == 100.0 and stored["validation"]["mape"] < 1.0
+    assert stored["coef"]["time:DK"] - stored["coef"]["time:MBV1"] == pytest.approx(0.5, abs=0.05)
+    same_fixed = fitted(["R5_V2", "R5", "R3"])
+    assert "tell the calibration's features apart" in same_fixed["candidates"]["family-scales+offset"]["error"]
+
+
 @pytest.mark.parametrize("small", ["stride", "skippable"])
 def test_a_per_call_overhead_may_exceed_only_blocks_no_edge_can_skip(tmp_path, small):
     """ONNX Runtime's case: every block timed alone pays a call overhead the whole network does not. A negative
