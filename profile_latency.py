@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/runtimes.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/runtimes.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -20,6 +20,12 @@ What to measure (combined):
   --names KEY ... / --names-file FILE   exactly these keys (block names with their _CxHxW input)
 Use --list-names to print the keys without measuring.
 
+Is a table still valid here? ``--check TABLE`` re-measures a few of the whole networks the profiler stored in TABLE,
+with its protocol and runtime, prints how much faster or slower this device runs them now, and exits with status 1
+when that drift exceeds --check-tolerance (the table is stale: re-profile) and 0 when it does not. It writes nothing.
+A device's speed moves with its governor, temperature, power mode and other work; on this project's shared VM it
+moved by -15% to +160% within hours, and a search against a stale table misses its target by as much.
+
 Calibration, by default: after the blocks, 24 random whole networks of the selected spaces are measured end to end
 on the device and the table's calibration (a small linear model of what the plain block sum misses; see
 latency/calibration.py) is fitted on them, then scored on 8 others it never saw; both errors are stored in the
@@ -31,6 +37,7 @@ Examples:
   python profile_latency.py --families KK DK --channels 24,32 64 128 256 --resolution 640 --device cuda --batch 1
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
   python profile_latency.py --preset rpi4 --out rpi4.json --fit-archs 40 --random-archs 30 --arch net.json
+  python profile_latency.py --check rpi4.json
 
 In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
 generated from it and the block code by tools/build_profiler.py.
@@ -3693,6 +3700,46 @@ def validation_and_fit_archs(spaces: list[SearchSpace], validate: int, seed: int
 # -------------------------------------------------- end latency/random_archs.py
 
 
+# -------------------------------------------------- begin latency/drift.py
+"""Machine drift: how much faster or slower this machine runs a table's own networks now than when it was profiled.
+
+A table is a snapshot of the machine's speed; a shared machine drifts by tens of percent in an hour. Every
+end-to-end check (``tools/latency_report.py``, the sweep, search-quality and runtime benchmarks) re-measures a few of
+the whole networks the profiler stored in the table, in the same interleaved rounds as the networks it checks, so
+the check can tell "the predictor is wrong" from "the machine changed".
+"""
+
+import statistics
+from typing import Any
+
+
+#: Name prefix of a re-measured stored network among the networks of a check.
+STORED_PREFIX = "stored:"
+
+
+def stored_networks(table: Any, count: int) -> list[tuple[Arch, float, str]]:
+    """Up to ``count`` networks the table stored when it was profiled (fitting ones first), renamed
+    ``stored:<name>``, each with its stored latency (ms) and measurement date."""
+    records = sorted(table.networks.items(), key=lambda item: item[1]["role"] != "fit")[:count]
+    out = []
+    for name, record in records:
+        arch = Arch.from_dict(record["arch"], f"{table.path}: network {name}")
+        arch.name = f"{STORED_PREFIX}{name}"
+        out.append((arch, float(record["measured_ms"]), str(record.get("date", ""))))
+    return out
+
+
+def machine_drift(stored: list[tuple[Arch, float, str]], measured: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Median relative change (+ = slower now) of the stored networks' ``measured[name]["measured_ms"]`` against
+    their stored latency, with its range; ``None`` without stored networks."""
+    if not stored:
+        return None
+    ratios = sorted(measured[arch.name]["measured_ms"] / ms - 1 for arch, ms, _ in stored)
+    return {"n": len(ratios), "drift": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
+            "when": min(date for _, _, date in stored) or "unknown date"}
+# -------------------------------------------------- end latency/drift.py
+
+
 # -------------------------------------------------- begin latency/runtimes.py
 """Latency in the runtime a network is deployed with: eager PyTorch, ONNX Runtime or OpenVINO, one protocol.
 
@@ -4103,6 +4150,12 @@ What to measure (combined):
   --names KEY ... / --names-file FILE   exactly these keys (block names with their _CxHxW input)
 Use --list-names to print the keys without measuring.
 
+Is a table still valid here? ``--check TABLE`` re-measures a few of the whole networks the profiler stored in TABLE,
+with its protocol and runtime, prints how much faster or slower this device runs them now, and exits with status 1
+when that drift exceeds --check-tolerance (the table is stale: re-profile) and 0 when it does not. It writes nothing.
+A device's speed moves with its governor, temperature, power mode and other work; on this project's shared VM it
+moved by -15% to +160% within hours, and a search against a stale table misses its target by as much.
+
 Calibration, by default: after the blocks, 24 random whole networks of the selected spaces are measured end to end
 on the device and the table's calibration (a small linear model of what the plain block sum misses; see
 latency/calibration.py) is fitted on them, then scored on 8 others it never saw; both errors are stored in the
@@ -4114,6 +4167,7 @@ Examples:
   python profile_latency.py --families KK DK --channels 24,32 64 128 256 --resolution 640 --device cuda --batch 1
   python profile_latency.py --names S_3x3_DKConv_128_64x40x40_HS 3x3_MAXPool_16x160x160 --out extra.json
   python profile_latency.py --preset rpi4 --out rpi4.json --fit-archs 40 --random-archs 30 --arch net.json
+  python profile_latency.py --check rpi4.json
 
 In the project this file is latency/profile_cli.py (``python -m latency.profile_cli``); profile_latency.py is
 generated from it and the block code by tools/build_profiler.py.
@@ -4136,6 +4190,8 @@ import torch
 DEFAULT_MAX_CHANNEL_RATIO = 8.0
 #: Default numbers of calibration networks: fitting and held-out validation (see --fit-archs for the cost).
 DEFAULT_FIT_NETWORKS, DEFAULT_VALIDATION_NETWORKS = 24, 8
+#: ``--check``: stored networks re-measured, and the drift (percent) beyond which the table is called stale.
+DEFAULT_CHECK_NETWORKS, DEFAULT_CHECK_TOLERANCE = 8, 5.0
 #: Seeds of those draws; tools/latency_report.py reports on seed 0 by default, which neither ever sees.
 FIT_SEED, VALIDATION_SEED = 1000, 500
 #: Measurement order of block families; the rest period falls between two of them.
@@ -4271,6 +4327,18 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--fit-seed", type=SEED, default=FIT_SEED, help=f"seed of --fit-archs (default: {FIT_SEED})")
     nets.add_argument("--repeats", type=POSITIVE_INT, default=3,
                       help="interleaved rounds per network; the median is kept (default: 3)")
+
+    check = parser.add_argument_group("checking an existing table (instead of measuring blocks)")
+    check.add_argument("--check", metavar="TABLE",
+                       help="re-measure whole networks stored in TABLE on this device (its protocol, runtime and "
+                            "threads; --repeats rounds) and report the drift since profiling; exit 1 when it exceeds "
+                            "--check-tolerance, 0 otherwise; writes nothing (default: off)")
+    check.add_argument("--check-networks", type=POSITIVE_INT, default=DEFAULT_CHECK_NETWORKS, metavar="N",
+                       help=f"stored networks to re-measure, fitting ones first; about 2 s each and round for the "
+                            f"rpi4 preset on a 2-core x86 (default: {DEFAULT_CHECK_NETWORKS})")
+    check.add_argument("--check-tolerance", type=POSITIVE_FLOAT, default=DEFAULT_CHECK_TOLERANCE, metavar="PCT",
+                       help="largest median drift, in percent either way, that still counts as the same device "
+                            f"state (default: {DEFAULT_CHECK_TOLERANCE:g})")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="FILE",
@@ -4461,6 +4529,8 @@ def default_out(args: argparse.Namespace, device: str, batch: int, resolution: i
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, then measure (or list) the selected blocks into the table."""
     args = build_parser().parse_args(argv)
+    if args.check:
+        sys.exit(check_table(args))
     keys, spaces, resolution = collect(args)
     space_names = list(dict.fromkeys(s.name for s in spaces))
     if len(space_names) > 30:  # channel alternatives multiply spaces: keep the metadata and messages short
@@ -4532,6 +4602,43 @@ def main(argv: list[str] | None = None) -> None:
           f"(see {log.path}); {len(table)} entries, {counts['seconds']:.0f} s"
           + (f"; {counts['networks']} networks measured end to end" if networks else "") + f"; {summary}",
           file=sys.stderr)
+
+
+def check_table(args: argparse.Namespace) -> int:
+    """``--check``: how far this device now runs from the table's stored networks; 1 when stale, else 0."""
+    path = Path(args.check)
+    if not path.is_file():
+        raise FaceNASError(f"{path}: no such table (--check)")
+    table = TableFile.load(path)
+    stored = stored_networks(table, args.check_networks)
+    if not stored:
+        raise FaceNASError(f"{path}: the table stores no whole networks to check against (it was profiled with "
+                           "--no-calibration or by an older version); profile it again with the default options")
+    check_device(table.meta.get("device", "cpu"))
+    here = machine_meta(table.meta.get("device", "cpu")).get("device_name")
+    if here != table.meta.get("device_name"):
+        print(f"warning: {path} was profiled on {table.meta.get('device_name')!r}, this is {here!r}: a drift "
+              "check compares a device with itself", file=sys.stderr)
+    busy = _busy_warning(table.meta.get("device", "cpu"), int(table.meta.get("threads") or 1))
+    if busy:
+        print(f"warning: {busy}", file=sys.stderr)
+    with Progress(len(stored) * args.repeats, "networks", "run", enabled=not args.quiet) as progress:
+        results = measure_table_networks([arch for arch, _, _ in stored], table.meta, args.repeats, args.seed,
+                                         lambda: progress.update(1))
+    for arch, stored_ms, _ in stored:
+        now = results[arch.name]["measured_ms"]
+        print(f"{arch.name[len(STORED_PREFIX):]:32s} stored {stored_ms:9.3f} ms  now {now:9.3f} ms  "
+              f"{100 * (now / stored_ms - 1):+6.1f}%  (spread {results[arch.name]['spread']:.1f}%)")
+    drift = machine_drift(stored, results)
+    text = (f"{path}: {drift['n']} stored networks (profiled {drift['when']}) run {100 * drift['drift']:+.1f}% "
+            f"(median; {100 * drift['low']:+.1f}% .. {100 * drift['high']:+.1f}%) against the table now")
+    if abs(100 * drift["drift"]) > args.check_tolerance:
+        print(f"{text}: STALE (beyond {args.check_tolerance:g}%). Predictions from this table are off by about as "
+              "much; put the device back in the state it was profiled in (governor, power mode, no other work) "
+              f"or profile it again to a new --out", file=sys.stderr)
+        return 1
+    print(f"{text}: within {args.check_tolerance:g}%, the table still describes this device", file=sys.stderr)
+    return 0
 
 
 def calibrate(table: TableFile, log: RunLog) -> str:

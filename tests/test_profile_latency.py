@@ -315,3 +315,29 @@ def test_a_table_measured_in_onnx_runtime_records_it_and_refuses_to_mix(device_d
     with pytest.raises(script.FaceNASError, match="graph_optimization"):
         script.main([*args, "--runtime", "onnxruntime", "--graph-optimization", "basic"])
     assert out.read_text() == before
+
+
+def test_check_tells_a_stale_table_from_a_valid_one_and_writes_nothing(device_dir):
+    """--check re-measures the table's stored networks on the device (alone, like the profiler) and exits 1 only when
+    the device has drifted beyond the tolerance."""
+    run_script(device_dir, "--space", "R12", "--resolution", "32", "--threads", "1", "--warmup", "1", "--samples", "3",
+               "--fit-archs", "4", "--random-archs", "0", "--repeats", "1", "--out", "c.json")
+    path = device_dir / "c.json"
+    before = path.read_bytes()
+    same = run_script(device_dir, "--check", "c.json", "--check-tolerance", "400", "--repeats", "1", "--quiet")
+    assert "within 400%" in same.stderr and same.stdout.count("stored") == 4
+    assert path.read_bytes() == before
+    # the same networks stored as if the device had once been three times slower: now they run ~67% faster
+    data = json.loads(before)
+    for record in data["networks"].values():
+        record["measured_ms"] *= 3
+    (device_dir / "slow.json").write_text(json.dumps(data))
+    stale = run_script(device_dir, "--check", "slow.json", "--check-networks", "2", "--repeats", "1", "--quiet",
+                       check=False)
+    assert stale.returncode == 1 and "STALE" in stale.stderr and stale.stdout.count("stored") == 2
+    run_script(device_dir, "--space", "R12", "--resolution", "32", "--threads", "1", "--warmup", "1", "--samples", "3",
+               "--no-calibration", "--out", "plain.json")
+    nothing = run_script(device_dir, "--check", "plain.json", check=False)
+    assert nothing.returncode == 2 and "plain.json" in nothing.stderr and "no whole networks" in nothing.stderr
+    missing = run_script(device_dir, "--check", "absent.json", check=False)
+    assert missing.returncode == 2 and "absent.json: no such table" in missing.stderr

@@ -48,6 +48,7 @@ SOURCES = (
     "latency/measure.py",
     "latency/predict.py",
     "latency/random_archs.py",
+    "latency/drift.py",
     "latency/runtimes.py",
     "latency/profile_cli.py",
 )
