@@ -3448,6 +3448,20 @@ def device_info(device: str = "cpu", threads: int | None = None) -> dict[str, An
     return info
 
 
+
+def machine_problem(meta: dict[str, Any]) -> str | None:
+    """Why this machine is not the device a latency table's ``meta`` was measured on (no CUDA, another CPU or GPU
+    model, another architecture), or ``None`` when it is."""
+    device = meta.get("device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        return "the table was measured on a CUDA GPU and CUDA is not available here"
+    here = device_info(device)
+    for field in ("device_name", "machine"):
+        want = meta.get(field)
+        if want is not None and here.get(field) != want:
+            return f"the table was measured on {field}={want!r} but this machine is {here.get(field)!r}"
+    return None
+
 def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int | None = None,
                  threads: int | None = None, warmup: int | None = None, samples: int | None = None,
                  dtype: str = "float32", channels_last: bool = False, estimator: str = DEFAULT_ESTIMATOR,
@@ -3737,6 +3751,11 @@ def machine_drift(stored: list[tuple[Arch, float, str]], measured: dict[str, dic
     ratios = sorted(measured[arch.name]["measured_ms"] / ms - 1 for arch, ms, _ in stored)
     return {"n": len(ratios), "drift": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
             "when": min(date for _, _, date in stored) or "unknown date"}
+
+
+def describe_drift(drift: dict[str, Any]) -> str:
+    """``+7.8% (median; -14.0% .. -4.0%)``: a :func:`machine_drift` result for messages."""
+    return f"{100 * drift['drift']:+.1f}% (median; {100 * drift['low']:+.1f}% .. {100 * drift['high']:+.1f}%)"
 # -------------------------------------------------- end latency/drift.py
 
 
@@ -4614,12 +4633,12 @@ def check_table(args: argparse.Namespace) -> int:
     if not stored:
         raise FaceNASError(f"{path}: the table stores no whole networks to check against (it was profiled with "
                            "--no-calibration or by an older version); profile it again with the default options")
-    check_device(table.meta.get("device", "cpu"))
-    here = machine_meta(table.meta.get("device", "cpu")).get("device_name")
-    if here != table.meta.get("device_name"):
-        print(f"warning: {path} was profiled on {table.meta.get('device_name')!r}, this is {here!r}: a drift "
-              "check compares a device with itself", file=sys.stderr)
-    busy = _busy_warning(table.meta.get("device", "cpu"), int(table.meta.get("threads") or 1))
+    device = table.meta.get("device", "cpu")
+    check_device(device)
+    problem = machine_problem(table.meta)
+    if problem:
+        print(f"warning: {path}: {problem}: a drift check compares a device with itself", file=sys.stderr)
+    busy = _busy_warning(device, int(table.meta.get("threads") or 1))
     if busy:
         print(f"warning: {busy}", file=sys.stderr)
     with Progress(len(stored) * args.repeats, "networks", "run", enabled=not args.quiet) as progress:
@@ -4630,12 +4649,12 @@ def check_table(args: argparse.Namespace) -> int:
         print(f"{arch.name[len(STORED_PREFIX):]:32s} stored {stored_ms:9.3f} ms  now {now:9.3f} ms  "
               f"{100 * (now / stored_ms - 1):+6.1f}%  (spread {results[arch.name]['spread']:.1f}%)")
     drift = machine_drift(stored, results)
-    text = (f"{path}: {drift['n']} stored networks (profiled {drift['when']}) run {100 * drift['drift']:+.1f}% "
-            f"(median; {100 * drift['low']:+.1f}% .. {100 * drift['high']:+.1f}%) against the table now")
+    text = (f"{path}: {drift['n']} stored networks (profiled {drift['when']}) run {describe_drift(drift)} against "
+            "the table now")
     if abs(100 * drift["drift"]) > args.check_tolerance:
         print(f"{text}: STALE (beyond {args.check_tolerance:g}%). Predictions from this table are off by about as "
               "much; put the device back in the state it was profiled in (governor, power mode, no other work) "
-              f"or profile it again to a new --out", file=sys.stderr)
+              "or profile it again to a new --out", file=sys.stderr)
         return 1
     print(f"{text}: within {args.check_tolerance:g}%, the table still describes this device", file=sys.stderr)
     return 0

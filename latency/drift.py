@@ -36,3 +36,8 @@ def machine_drift(stored: list[tuple[Arch, float, str]], measured: dict[str, dic
     ratios = sorted(measured[arch.name]["measured_ms"] / ms - 1 for arch, ms, _ in stored)
     return {"n": len(ratios), "drift": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
             "when": min(date for _, _, date in stored) or "unknown date"}
+
+
+def describe_drift(drift: dict[str, Any]) -> str:
+    """``+7.8% (median; -14.0% .. -4.0%)``: a :func:`machine_drift` result for messages."""
+    return f"{100 * drift['drift']:+.1f}% (median; {100 * drift['low']:+.1f}% .. {100 * drift['high']:+.1f}%)"

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from latency.analytic import block_counts
-from latency.measure import device_info, machine_meta
+from latency.measure import machine_meta, machine_problem
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
 from latency.runtimes import measure_table_block, measure_table_networks
@@ -55,18 +55,7 @@ class LatencyTable(TableFile):
         """Why this machine cannot add measurements to the table, or ``None`` when it can."""
         if self.metric != "latency":
             return None
-        device = self.meta["device"]
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                return "the table was measured on a CUDA GPU and CUDA is not available here"
-        here = device_info(device)
-        for field in ("device_name", "machine"):
-            want = self.meta.get(field)
-            if want is not None and here.get(field) != want:
-                return f"the table was measured on {field}={want!r} but this machine is {here.get(field)!r}"
-        return None
+        return machine_problem(self.meta)
 
     def check_this_machine(self) -> None:
         """Raise :class:`FaceNASError` when the table describes another device (see :meth:`machine_problem`)."""

@@ -412,6 +412,20 @@ def device_info(device: str = "cpu", threads: int | None = None) -> dict[str, An
     return info
 
 
+
+def machine_problem(meta: dict[str, Any]) -> str | None:
+    """Why this machine is not the device a latency table's ``meta`` was measured on (no CUDA, another CPU or GPU
+    model, another architecture), or ``None`` when it is."""
+    device = meta.get("device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        return "the table was measured on a CUDA GPU and CUDA is not available here"
+    here = device_info(device)
+    for field in ("device_name", "machine"):
+        want = meta.get(field)
+        if want is not None and here.get(field) != want:
+            return f"the table was measured on {field}={want!r} but this machine is {here.get(field)!r}"
+    return None
+
 def machine_meta(device: str = "cpu", batch: int | None = None, resolution: int | None = None,
                  threads: int | None = None, warmup: int | None = None, samples: int | None = None,
                  dtype: str = "float32", channels_last: bool = False, estimator: str = DEFAULT_ESTIMATOR,

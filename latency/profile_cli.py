@@ -47,8 +47,8 @@ from typing import Any
 
 import torch
 
-from latency.drift import STORED_PREFIX, machine_drift, stored_networks
-from latency.measure import DEFAULT_BATCH, block_spec, check_device, load_average, machine_meta
+from latency.drift import STORED_PREFIX, describe_drift, machine_drift, stored_networks
+from latency.measure import DEFAULT_BATCH, block_spec, check_device, load_average, machine_meta, machine_problem
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
 from latency.runtimes import RUNTIME_CHOICES, measure_table_block, measure_table_networks, runtime_info
@@ -508,12 +508,12 @@ def check_table(args: argparse.Namespace) -> int:
     if not stored:
         raise FaceNASError(f"{path}: the table stores no whole networks to check against (it was profiled with "
                            "--no-calibration or by an older version); profile it again with the default options")
-    check_device(table.meta.get("device", "cpu"))
-    here = machine_meta(table.meta.get("device", "cpu")).get("device_name")
-    if here != table.meta.get("device_name"):
-        print(f"warning: {path} was profiled on {table.meta.get('device_name')!r}, this is {here!r}: a drift "
-              "check compares a device with itself", file=sys.stderr)
-    busy = _busy_warning(table.meta.get("device", "cpu"), int(table.meta.get("threads") or 1))
+    device = table.meta.get("device", "cpu")
+    check_device(device)
+    problem = machine_problem(table.meta)
+    if problem:
+        print(f"warning: {path}: {problem}: a drift check compares a device with itself", file=sys.stderr)
+    busy = _busy_warning(device, int(table.meta.get("threads") or 1))
     if busy:
         print(f"warning: {busy}", file=sys.stderr)
     with Progress(len(stored) * args.repeats, "networks", "run", enabled=not args.quiet) as progress:
@@ -524,12 +524,12 @@ def check_table(args: argparse.Namespace) -> int:
         print(f"{arch.name[len(STORED_PREFIX):]:32s} stored {stored_ms:9.3f} ms  now {now:9.3f} ms  "
               f"{100 * (now / stored_ms - 1):+6.1f}%  (spread {results[arch.name]['spread']:.1f}%)")
     drift = machine_drift(stored, results)
-    text = (f"{path}: {drift['n']} stored networks (profiled {drift['when']}) run {100 * drift['drift']:+.1f}% "
-            f"(median; {100 * drift['low']:+.1f}% .. {100 * drift['high']:+.1f}%) against the table now")
+    text = (f"{path}: {drift['n']} stored networks (profiled {drift['when']}) run {describe_drift(drift)} against "
+            "the table now")
     if abs(100 * drift["drift"]) > args.check_tolerance:
         print(f"{text}: STALE (beyond {args.check_tolerance:g}%). Predictions from this table are off by about as "
               "much; put the device back in the state it was profiled in (governor, power mode, no other work) "
-              f"or profile it again to a new --out", file=sys.stderr)
+              "or profile it again to a new --out", file=sys.stderr)
         return 1
     print(f"{text}: within {args.check_tolerance:g}%, the table still describes this device", file=sys.stderr)
     return 0

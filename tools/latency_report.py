@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from latency.accuracy import accuracy, spearman, summarize_groups  # noqa: E402
 from latency.calibration import CALIBRATION_METHODS, compare_methods, fit_calibration  # noqa: E402
-from latency.drift import machine_drift, stored_networks  # noqa: E402
+from latency.drift import describe_drift, machine_drift, stored_networks  # noqa: E402
 from latency.internal_mode import LatencyTable  # noqa: E402
 from latency.measure import load_average  # noqa: E402
 from latency.predict import arch_keys, describe_calibration, fit_table_calibration, predict_latency  # noqa: E402
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                              [n["measured_ms"] for n in nets if n["role"] == "validate"])
         drift["validation_corrected"] = corrected
         print(f"machine drift: {drift['n']} networks stored in the table when it was profiled ({drift['when']}) ran "
-              f"{100 * drift['drift']:+.1f}% (median; {100 * drift['low']:+.1f}% .. {100 * drift['high']:+.1f}%) "
+              f"{describe_drift(drift)} "
               f"against their stored latency, measured in the same rounds as the networks above; with that drift "
               f"taken out, validation MAPE {corrected['mape']:.1f}%, {corrected['within10']:.0f}% within 10% "
               "(the table and the machine disagree by the drift, not the predictor)")
