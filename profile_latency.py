@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/runtimes.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/anchor.py, latency/runtimes.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -2947,6 +2947,8 @@ def _latency_entry(stats: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
     if stats.get("load") is not None:
         entry["load"] = stats["load"]
+    if stats.get("drift_factor") is not None:  # the drift anchor's correction (latency.anchor)
+        entry["drift_factor"] = float(stats["drift_factor"])
     return entry
 
 
@@ -3759,6 +3761,143 @@ def describe_drift(drift: dict[str, Any]) -> str:
 # -------------------------------------------------- end latency/drift.py
 
 
+# -------------------------------------------------- begin latency/anchor.py
+"""Drift anchor: one reference block re-timed before every block of a profiling pass, so that a change of the
+device's speed *during* the pass is divided out of the table.
+
+Why: a pass over the ``rpi4`` preset in ONNX Runtime takes one to two minutes here (each block is exported and
+loaded into its own session), and the blocks are measured family by family. Comparing two profiles block by block,
+the ratio between them drifted smoothly along the measurement order by up to +-15% (lag-1 autocorrelation 0.5-0.7,
+BENCHMARKS.md section B): a slow spell hit a run of consecutive blocks, i.e. one family, and the whole-network
+calibration then found a "family pattern" that came and went from one profile to the next. With the anchor, each
+block's timing is multiplied by ``reference / anchor_now``, where ``anchor_now`` is the median of the anchor's last
+:data:`ANCHOR_WINDOW` timings (taken just before this block and the ones before it) and ``reference`` the anchor's
+timing when the table was started. Every entry is then expressed in one machine state, the one at the start; the
+whole networks measured afterwards fit the calibration's scale from that state to theirs, as before.
+
+Policy (``--anchor auto``, the default): on for the ``onnxruntime`` and ``openvino`` runtimes, whose passes take
+minutes, off for eager ``torch``, whose pass over the rpi4 preset takes seconds here and met its accuracy bar without
+it; on a slow device (a Raspberry Pi takes tens of seconds per family, and throttles) pass ``--anchor on``. The
+choice is made when a table is created and stored in ``meta.anchor`` (key, reference timing, window); a resume keeps
+it, so one table never mixes anchored and raw entries. Each anchored entry records its ``drift_factor``.
+
+Python 3.8 syntax and the standard library only: ``profile_latency.py`` embeds this file.
+"""
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+
+#: Anchor timings the current speed is the median of (one outlier never moves a factor).
+ANCHOR_WINDOW = 3
+#: ``--anchor`` choices.
+ANCHOR_CHOICES = ("auto", "on", "off")
+#: Entry fields multiplied by the factor (the statistics of the timed samples).
+SCALED_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "first5_ms")
+
+
+def choose_anchor_key(keys: list[str]) -> str:
+    """A mid-sized block of ``keys``: the one whose input tensor has the median number of elements (ties: by name),
+    so the anchor is neither dominated by call overhead nor slow to time."""
+    sized = []
+    for key in keys:
+        spec = parse_block(key)
+        if spec.family == "Zero" or spec.cin is None or spec.size is None:
+            continue
+        sized.append((spec.cin * spec.size[0] * spec.size[1], key))
+    if not sized:
+        raise FaceNASError("no block with an input tensor to anchor the pass on")
+    sized.sort()
+    return sized[(len(sized) - 1) // 2][1]
+
+
+def anchor_wanted(meta: dict[str, Any], has_entries: bool, choice: str = "auto") -> bool:
+    """Whether a pass over this table is anchored (see the module docstring for the policy).
+
+    Raises:
+        FaceNASError: ``choice`` asks for the opposite of what the table's existing entries were measured with.
+    """
+    if choice not in ANCHOR_CHOICES:
+        raise FaceNASError(f"--anchor must be one of {', '.join(ANCHOR_CHOICES)}, not {choice!r}")
+    stored = bool(meta.get("anchor"))
+    if choice == "auto":
+        return stored or (not has_entries and (meta.get("runtime") or "torch") != "torch")
+    wanted = choice == "on"
+    if has_entries and wanted != stored:
+        raise FaceNASError(f"the table's entries were measured {'with' if stored else 'without'} a drift anchor; "
+                           f"drop --anchor {choice} to resume it, or write to another --out")
+    return wanted
+
+
+class DriftAnchor:
+    """The reference block of a pass and the factor that brings a block's timing back to the reference state.
+
+    Args:
+        key: the anchor's block key.
+        timer: times the anchor once with the table's protocol and returns its estimate in ms.
+        reference_ms: the anchor's timing in the reference state; ``None`` (a new table) = the median of
+            :data:`ANCHOR_WINDOW` timings taken now.
+        window: how many recent timings the current speed is the median of.
+    """
+
+    def __init__(self, key: str, timer: Callable[[], float], reference_ms: float | None = None,
+                 window: int = ANCHOR_WINDOW):
+        self.key = key
+        self.timer = timer
+        self.window = max(1, int(window))
+        self.recent: list[float] = []
+        if reference_ms is None:
+            self.recent = [self._time() for _ in range(self.window)]
+            reference_ms = statistics.median(self.recent)
+        if not reference_ms > 0:
+            raise FaceNASError(f"drift anchor {key}: reference timing must be > 0 ms, not {reference_ms!r}")
+        self.reference_ms = float(reference_ms)
+
+    def _time(self) -> float:
+        value = float(self.timer())
+        if not value > 0:
+            raise FaceNASError(f"drift anchor {self.key}: timing must be > 0 ms, not {value!r}")
+        return value
+
+    def factor(self) -> float:
+        """Time the anchor once more; ``reference / median(last window timings)`` (< 1 when the device is slower
+        now than in the reference state)."""
+        self.recent = (self.recent + [self._time()])[-self.window:]
+        return self.reference_ms / statistics.median(self.recent)
+
+    def record(self) -> dict[str, Any]:
+        """What ``meta.anchor`` stores, so that a resumed pass uses the same reference."""
+        return {"key": self.key, "reference_ms": round(self.reference_ms, 6), "window": self.window}
+
+
+def corrected(stats: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A block's measurement with its timings multiplied by ``factor``, which it records as ``drift_factor``."""
+    out = dict(stats)
+    for field in SCALED_FIELDS:
+        if out.get(field) is not None:
+            out[field] = float(out[field]) * factor
+    out["drift_factor"] = round(float(factor), 4)
+    return out
+
+
+def start_anchor(meta: dict[str, Any], keys: list[str], wanted: bool,
+                 make_timer: Callable[[str, dict[str, Any]], Callable[[], float]]) -> DriftAnchor | None:
+    """The pass's anchor: the table's stored one (a resume), a new one chosen from ``keys`` (stored into
+    ``meta['anchor']``), or ``None`` when the pass is not anchored or has nothing to measure."""
+    if not wanted or not keys:
+        return None
+    stored = meta.get("anchor") or {}
+    if stored:
+        return DriftAnchor(stored["key"], make_timer(stored["key"], meta), float(stored["reference_ms"]),
+                           int(stored.get("window", ANCHOR_WINDOW)))
+    key = choose_anchor_key(keys)
+    anchor = DriftAnchor(key, make_timer(key, meta))
+    meta["anchor"] = anchor.record()
+    return anchor
+# -------------------------------------------------- end latency/anchor.py
+
+
 # -------------------------------------------------- begin latency/runtimes.py
 """Latency in the runtime a network is deployed with: eager PyTorch, ONNX Runtime or OpenVINO, one protocol.
 
@@ -3791,6 +3930,7 @@ import importlib
 import inspect
 import io
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -4146,6 +4286,31 @@ def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
                                     protocol["samples"], meta.get("threads"), **options)
 
 
+def table_block_timer(key: str, meta: dict[str, Any]) -> Callable[[], float]:
+    """A function that times one block with a table's protocol in the table's runtime and returns the table's
+    estimate (ms); the block is built (and exported, loaded into the runtime) once, so each call only times it.
+    The drift anchor (:mod:`latency.anchor`) re-times its reference block this way before every block."""
+    runtime, provider, level = table_runtime(meta)
+    protocol = meta["protocol"]
+    field = ESTIMATORS.get(protocol.get("estimator", "trimmed_mean"), "mean_ms")
+    shape = block_input_shape(key, int(meta["batch"]))
+    channels_last = meta["memory_format"] == "channels_last"
+    options: dict[str, Any] = {"trim": protocol["trim"]}
+    if runtime == "torch":
+        module, device, threads = deploy_block(key, channels_last=channels_last), meta["device"], meta.get("threads")
+        options.update(dtype=meta["dtype"], channels_last=channels_last)
+    else:
+        _check_protocol(runtime, meta.get("device", "cpu"), meta["dtype"], channels_last)
+        threads = int(meta.get("threads") or torch.get_num_threads())
+        module, device = to_runtime(deploy_block(key), shape, runtime, threads, provider, level), "cpu"
+
+    def time_once() -> float:
+        return float(measure_module(module, shape, device, protocol["warmup"], protocol["samples"], threads,
+                                    **options)[field])
+
+    return time_once
+
+
 def measure_table_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, seed: int = 0,
                            on_step: Any = None) -> dict[str, dict[str, Any]]:
     """Whole backbones with a table's protocol, in the table's runtime (calibration and predictor reports)."""
@@ -4307,6 +4472,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="measure the whole list R times in separate passes and keep, per block, the round with "
                           "the median mean (robust to a busy or throttling spell); resuming with a larger R adds "
                           "rounds to existing entries (default: 1, the thesis protocol)")
+    how.add_argument("--anchor", choices=ANCHOR_CHOICES, default="auto",
+                     help="re-time one mid-sized reference block before every block and divide the device's speed "
+                          "drift during the pass out of the table (each entry records its drift_factor; about one "
+                          "extra block timing per block): auto = on for onnxruntime / openvino, whose passes take "
+                          "minutes, off for torch; use on for slow or throttling devices; decided when the table is "
+                          "created and kept on resume (default: auto)")
     how.add_argument("--rest", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="SECONDS",
                      help="pause between block families to let the device cool (default: 0; 30-60 s on a "
                           "Raspberry Pi without a fan)")
@@ -4597,6 +4768,7 @@ def main(argv: list[str] | None = None) -> None:
         if asked is not None and asked != protocol[name]:
             raise FaceNASError(f"{out}: table was measured with {name}={protocol[name]} but --{name} {asked} was "
                                "given; drop the option to resume it, or write to another --out")
+    args.anchored = anchor_wanted(table.meta, len(table) > 0, args.anchor)
     if resumed and table.meta.get("torch_version") != torch.__version__:
         print(f"warning: {out} was measured with torch {table.meta.get('torch_version')}, this is "
               f"{torch.__version__}", file=sys.stderr)
@@ -4690,6 +4862,11 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
     counts = {"measured": 0, "present": 0, "skipped": 0}
     start = time.time()
     groups = family_groups(keys)
+    todo = [key for key in keys if key not in filtered and table.rounds_of(key) < args.rounds]
+    anchor = start_anchor(meta, todo, getattr(args, "anchored", False), table_block_timer)
+    if anchor is not None:
+        table.save()
+        log(f"drift anchor {anchor.key}: reference {anchor.reference_ms:.4f} ms; every block is re-scaled to it")
     progress = Progress(len(keys) * args.rounds, unit="block", enabled=not args.quiet)
     try:
         for round_index in range(args.rounds):
@@ -4706,6 +4883,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                     reason = None if done else _skip_reason(table, key, filtered, args)
                     if reason is None:
                         try:
+                            factor = anchor.factor() if anchor is not None else None
                             stats = measure_table_block(key, meta, None if done else args.max_ms)
                         except RuntimeError as exc:  # e.g. out of memory on a small device: log it, go on
                             reason = f"error while measuring: {str(exc).splitlines()[0][:200]}"
@@ -4722,12 +4900,15 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                         log(f"skipped {key}: {reason}")
                         progress.update(text=f"{key} skipped")
                         continue
+                    if factor is not None:
+                        stats = corrected(stats, factor)
                     table.add_round(key, stats)
                     table.save()
                     counts["measured"] += 1
                     log(f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
                         f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} "
-                        f"first5={stats['first5_ms']:.4f} round={round_index + 1} load={load_average()}")
+                        f"first5={stats['first5_ms']:.4f} round={round_index + 1} load={load_average()}"
+                        + (f" drift_factor={factor:.4f}" if factor is not None else ""))
                     progress.update(text=f"{key} {stats['mean_ms']:.3f} ms")
                 last = round_index == args.rounds - 1 and index == len(groups) - 1
                 if args.rest > 0 and measured_here and not last:

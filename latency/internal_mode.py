@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from latency.analytic import block_counts
+from latency.anchor import anchor_wanted, corrected, start_anchor
 from latency.measure import machine_meta, machine_problem
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
-from latency.runtimes import measure_table_block, measure_table_networks
+from latency.runtimes import measure_table_block, measure_table_networks, table_block_timer
 from latency.table_format import METRICS, TableFile
 from models.search_space import SearchSpace
 from utils.errors import FaceNASError
@@ -90,9 +91,15 @@ class LatencyTable(TableFile):
                                    f"measure them on that device: profile_latency.py --names-file {listing} --out "
                                    f"{self.path.name if self.path else 'TABLE'}")
         write = log or (lambda line: None)
+        anchor = None
+        if self.metric == "latency":  # the same drift anchor as profile_latency.py (latency.anchor)
+            anchor = start_anchor(self.meta, missing, anchor_wanted(self.meta, len(self) > 0), table_block_timer)
         for key in track(missing, desc=f"measuring {len(missing)} missing blocks", unit="block", enabled=progress):
             if self.metric == "latency":
+                factor = anchor.factor() if anchor is not None else None
                 stats = self._measure(key)
+                if factor is not None:
+                    stats = corrected(stats, factor)
                 line = (f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
                         f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} load={stats['load']} "
                         "(internal mode)")

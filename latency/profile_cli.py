@@ -47,11 +47,18 @@ from typing import Any
 
 import torch
 
+from latency.anchor import ANCHOR_CHOICES, anchor_wanted, corrected, start_anchor
 from latency.drift import STORED_PREFIX, describe_drift, machine_drift, stored_networks
 from latency.measure import DEFAULT_BATCH, block_spec, check_device, load_average, machine_meta, machine_problem
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
-from latency.runtimes import RUNTIME_CHOICES, measure_table_block, measure_table_networks, runtime_info
+from latency.runtimes import (
+    RUNTIME_CHOICES,
+    measure_table_block,
+    measure_table_networks,
+    runtime_info,
+    table_block_timer,
+)
 from latency.table_format import RunLog, TableFile
 from models.arch import Arch
 from models.naming import BlockSpec, format_block, parse_block
@@ -182,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="measure the whole list R times in separate passes and keep, per block, the round with "
                           "the median mean (robust to a busy or throttling spell); resuming with a larger R adds "
                           "rounds to existing entries (default: 1, the thesis protocol)")
+    how.add_argument("--anchor", choices=ANCHOR_CHOICES, default="auto",
+                     help="re-time one mid-sized reference block before every block and divide the device's speed "
+                          "drift during the pass out of the table (each entry records its drift_factor; about one "
+                          "extra block timing per block): auto = on for onnxruntime / openvino, whose passes take "
+                          "minutes, off for torch; use on for slow or throttling devices; decided when the table is "
+                          "created and kept on resume (default: auto)")
     how.add_argument("--rest", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="SECONDS",
                      help="pause between block families to let the device cool (default: 0; 30-60 s on a "
                           "Raspberry Pi without a fan)")
@@ -472,6 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         if asked is not None and asked != protocol[name]:
             raise FaceNASError(f"{out}: table was measured with {name}={protocol[name]} but --{name} {asked} was "
                                "given; drop the option to resume it, or write to another --out")
+    args.anchored = anchor_wanted(table.meta, len(table) > 0, args.anchor)
     if resumed and table.meta.get("torch_version") != torch.__version__:
         print(f"warning: {out} was measured with torch {table.meta.get('torch_version')}, this is "
               f"{torch.__version__}", file=sys.stderr)
@@ -565,6 +579,11 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
     counts = {"measured": 0, "present": 0, "skipped": 0}
     start = time.time()
     groups = family_groups(keys)
+    todo = [key for key in keys if key not in filtered and table.rounds_of(key) < args.rounds]
+    anchor = start_anchor(meta, todo, getattr(args, "anchored", False), table_block_timer)
+    if anchor is not None:
+        table.save()
+        log(f"drift anchor {anchor.key}: reference {anchor.reference_ms:.4f} ms; every block is re-scaled to it")
     progress = Progress(len(keys) * args.rounds, unit="block", enabled=not args.quiet)
     try:
         for round_index in range(args.rounds):
@@ -581,6 +600,7 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                     reason = None if done else _skip_reason(table, key, filtered, args)
                     if reason is None:
                         try:
+                            factor = anchor.factor() if anchor is not None else None
                             stats = measure_table_block(key, meta, None if done else args.max_ms)
                         except RuntimeError as exc:  # e.g. out of memory on a small device: log it, go on
                             reason = f"error while measuring: {str(exc).splitlines()[0][:200]}"
@@ -597,12 +617,15 @@ def profile(table: TableFile, keys: list[str], filtered: dict[str, str], args: a
                         log(f"skipped {key}: {reason}")
                         progress.update(text=f"{key} skipped")
                         continue
+                    if factor is not None:
+                        stats = corrected(stats, factor)
                     table.add_round(key, stats)
                     table.save()
                     counts["measured"] += 1
                     log(f"measured {key} mean={stats['mean_ms']:.4f} ms median={stats['median_ms']:.4f} "
                         f"p10={stats['p10_ms']:.4f} p90={stats['p90_ms']:.4f} n={stats['n']} "
-                        f"first5={stats['first5_ms']:.4f} round={round_index + 1} load={load_average()}")
+                        f"first5={stats['first5_ms']:.4f} round={round_index + 1} load={load_average()}"
+                        + (f" drift_factor={factor:.4f}" if factor is not None else ""))
                     progress.update(text=f"{key} {stats['mean_ms']:.3f} ms")
                 last = round_index == args.rounds - 1 and index == len(groups) - 1
                 if args.rest > 0 and measured_here and not last:

@@ -30,6 +30,7 @@ import importlib
 import inspect
 import io
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from latency.measure import (
     measure_module,
     measure_networks,
 )
+from latency.table_format import ESTIMATORS
 from models.arch import Arch
 from models.naming import BlockSpec
 from utils.errors import FaceNASError
@@ -395,6 +397,31 @@ def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
         options.update(provider=provider, graph_optimization=level)
     return measure_block_in_runtime(key_or_spec, int(meta["batch"]), runtime, meta["device"], protocol["warmup"],
                                     protocol["samples"], meta.get("threads"), **options)
+
+
+def table_block_timer(key: str, meta: dict[str, Any]) -> Callable[[], float]:
+    """A function that times one block with a table's protocol in the table's runtime and returns the table's
+    estimate (ms); the block is built (and exported, loaded into the runtime) once, so each call only times it.
+    The drift anchor (:mod:`latency.anchor`) re-times its reference block this way before every block."""
+    runtime, provider, level = table_runtime(meta)
+    protocol = meta["protocol"]
+    field = ESTIMATORS.get(protocol.get("estimator", "trimmed_mean"), "mean_ms")
+    shape = block_input_shape(key, int(meta["batch"]))
+    channels_last = meta["memory_format"] == "channels_last"
+    options: dict[str, Any] = {"trim": protocol["trim"]}
+    if runtime == "torch":
+        module, device, threads = deploy_block(key, channels_last=channels_last), meta["device"], meta.get("threads")
+        options.update(dtype=meta["dtype"], channels_last=channels_last)
+    else:
+        _check_protocol(runtime, meta.get("device", "cpu"), meta["dtype"], channels_last)
+        threads = int(meta.get("threads") or torch.get_num_threads())
+        module, device = to_runtime(deploy_block(key), shape, runtime, threads, provider, level), "cpu"
+
+    def time_once() -> float:
+        return float(measure_module(module, shape, device, protocol["warmup"], protocol["samples"], threads,
+                                    **options)[field])
+
+    return time_once
 
 
 def measure_table_networks(archs: list[Arch], meta: dict[str, Any], repeats: int = 3, seed: int = 0,

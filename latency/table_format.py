@@ -472,6 +472,8 @@ def _latency_entry(stats: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
     if stats.get("load") is not None:
         entry["load"] = stats["load"]
+    if stats.get("drift_factor") is not None:  # the drift anchor's correction (latency.anchor)
+        entry["drift_factor"] = float(stats["drift_factor"])
     return entry
 
 

@@ -309,11 +309,17 @@ def test_a_table_measured_in_onnx_runtime_records_it_and_refuses_to_mix(device_d
     assert table.runtime == "onnxruntime" and table.meta["execution_provider"] == "CPUExecutionProvider"
     assert table.meta["graph_optimization"] == "all" and table.meta["runtime_version"]
     assert table.meta["calibration"]["n_fit"] == 4 and len(table.networks) == 6
+    # the ONNX Runtime pass is anchored by default: one stored reference, a drift factor on every entry
+    anchor = table.meta["anchor"]
+    assert anchor["key"] in table.entries and anchor["reference_ms"] > 0
+    assert all(entry["drift_factor"] > 0 for entry in table.entries.values())
     before = out.read_text()
     with pytest.raises(script.FaceNASError, match="runtime='onnxruntime' but this run has runtime='torch'"):
         script.main(args)  # an eager run may not add entries to an ONNX Runtime table
     with pytest.raises(script.FaceNASError, match="graph_optimization"):
         script.main([*args, "--runtime", "onnxruntime", "--graph-optimization", "basic"])
+    with pytest.raises(script.FaceNASError, match="drift anchor; drop --anchor off"):
+        script.main([*args, "--runtime", "onnxruntime", "--anchor", "off"])  # no raw entries among anchored ones
     assert out.read_text() == before
 
 

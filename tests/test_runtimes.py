@@ -196,5 +196,5 @@ def test_the_module_can_be_embedded_in_the_device_profiler(monkeypatch):
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.parse(text).body
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "importlib", "inspect", "io", "warnings", "typing", "torch", "latency",
-                        "models", "utils"}, imported
+    assert imported <= {"__future__", "collections", "importlib", "inspect", "io", "warnings", "typing", "torch",
+                        "latency", "models", "utils"}, imported

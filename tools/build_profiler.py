@@ -49,6 +49,7 @@ SOURCES = (
     "latency/predict.py",
     "latency/random_archs.py",
     "latency/drift.py",
+    "latency/anchor.py",
     "latency/runtimes.py",
     "latency/profile_cli.py",
 )
