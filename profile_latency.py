@@ -2521,8 +2521,10 @@ TABLE_FORMAT = "facenas-latency-table/1"
 METRICS = {"latency": ("mean_ms", "ms"), "flops": ("value", "MFLOPs"), "params": ("value", "M params"),
            "acts": ("value", "M acts")}
 LATENCY_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "n")
+#: Statistics newer entries also keep (tables written before them lack them, so they are not required).
+OPTIONAL_LATENCY_FIELDS = ("min_ms",)
 #: protocol.estimator -> the entry field a table's values are read from (the statistic of the timed samples).
-ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}
+ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms", "min": "min_ms"}
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
                    "memory_format", "bn_folded", "runtime", "runtime_version", "execution_provider",
@@ -2640,6 +2642,9 @@ class TableFile:
         for raw_key, entry in data["entries"].items():
             key = _canonical(raw_key, lambda msg, k=raw_key: fail(f"entry {k!r}: {msg}", f'"{k}"'))
             problem = _entry_problem(entry, table.meta["metric"])
+            if problem is None and table.metric == "latency" and ESTIMATORS[table.estimator] not in entry:
+                problem = (f"lacks {ESTIMATORS[table.estimator]!r}, which protocol.estimator "
+                           f"{table.estimator!r} reads")
             if problem:
                 raise fail(f"entry {raw_key!r}: {problem}; fix the entry or delete it and measure it again",
                            f'"{raw_key}"')
@@ -2881,7 +2886,8 @@ class TableFile:
         """
         canonical = _canonical(key, lambda msg: FaceNASError(f"{key!r}: {msg}"))
         old = self.entries.get(canonical)
-        rounds = [] if old is None else [dict(r) for r in old.get("rounds", [{f: old[f] for f in LATENCY_FIELDS}])]
+        kept = LATENCY_FIELDS + OPTIONAL_LATENCY_FIELDS
+        rounds = [] if old is None else [dict(r) for r in old.get("rounds", [{f: old[f] for f in kept if f in old}])]
         rounds.append(_latency_entry(stats))
         if len(rounds) == 1:
             return self.add(canonical, rounds[0])
@@ -2945,6 +2951,7 @@ class TableFile:
 def _latency_entry(stats: dict[str, Any]) -> dict[str, Any]:
     """An entry's fields from a measurement, with the machine's load average when it was taken (evidence of noise)."""
     entry: dict[str, Any] = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
+    entry.update({f: round(float(stats[f]), 6) for f in OPTIONAL_LATENCY_FIELDS if stats.get(f) is not None})
     if stats.get("load") is not None:
         entry["load"] = stats["load"]
     if stats.get("drift_factor") is not None:  # the drift anchor's correction (latency.anchor)
@@ -2973,7 +2980,8 @@ def _entry_problem(entry: Any, metric: str) -> str | None:
             if problem:
                 return f"a round {problem}"
     fields = LATENCY_FIELDS if metric == "latency" else ("value",)
-    for field in fields:
+    optional = OPTIONAL_LATENCY_FIELDS if metric == "latency" else ()
+    for field in fields + tuple(f for f in optional if f in entry):
         value = entry.get(field)
         if field not in entry:
             return f"lacks {field!r}"
@@ -3096,7 +3104,7 @@ DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: The statistic of the timed samples new tables use (``latency.table_format.ESTIMATORS``); see docs/LATENCY.md for
 #: the test-retest study behind the choice.
-DEFAULT_ESTIMATOR = "median"
+DEFAULT_ESTIMATOR = "min"
 
 
 def device_type(device: str | torch.device) -> str:
@@ -3123,7 +3131,7 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def summarize(times_ms: list[float], trim: float = TRIM) -> dict[str, Any]:
-    """Trimmed mean, median, p10, p90 and count of a list of timings (milliseconds).
+    """Trimmed mean, median, p10, p90, minimum and count of a list of timings (milliseconds).
 
     ``trim`` of the samples is dropped at each end (rounded down, so 50 samples drop 5 and 5); with too few samples
     to drop anything the plain mean is used.
@@ -3139,6 +3147,7 @@ def summarize(times_ms: list[float], trim: float = TRIM) -> dict[str, Any]:
         "median_ms": _quantile(ordered, 0.5),
         "p10_ms": _quantile(ordered, 0.1),
         "p90_ms": _quantile(ordered, 0.9),
+        "min_ms": ordered[0],
         "n": n,
     }
 
@@ -3794,7 +3803,7 @@ ANCHOR_WINDOW = 3
 #: ``--anchor`` choices.
 ANCHOR_CHOICES = ("auto", "on", "off")
 #: Entry fields multiplied by the factor (the statistics of the timed samples).
-SCALED_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "first5_ms")
+SCALED_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "min_ms", "first5_ms")
 
 
 def choose_anchor_key(keys: list[str]) -> str:
@@ -4468,6 +4477,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="measure in channels_last memory format (default: contiguous NCHW)")
     how.add_argument("--warmup", type=NON_NEGATIVE_INT, help="untimed calls per block (default: 40 cuda, 20 cpu)")
     how.add_argument("--samples", type=POSITIVE_INT, help="timed calls per block (default: 200 cuda, 50 cpu)")
+    how.add_argument("--estimator", choices=tuple(ESTIMATORS),
+                     help="statistic of each block's timed samples the table's values use; every entry keeps all "
+                          "of them, this picks one; decided when the table is created (default: "
+                          f"{DEFAULT_ESTIMATOR}: interference from other work only ever adds time, and the minimum "
+                          "had the best test-retest agreement of whole networks on two shared machines; "
+                          "docs/LATENCY.md)")
     how.add_argument("--rounds", type=POSITIVE_INT, default=1,
                      help="measure the whole list R times in separate passes and keep, per block, the round with "
                           "the median mean (robust to a busy or throttling spell); resuming with a larger R adds "
@@ -4757,7 +4772,8 @@ def main(argv: list[str] | None = None) -> None:
         raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
     runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
-                        preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note,
+                        estimator=args.estimator or DEFAULT_ESTIMATOR, preset=args.preset, spaces=space_names,
+                        source="profile_latency.py", notes=args.note,
                         **{k: v for k, v in runtime.items() if k != "threads"})
     resumed = out.exists()
     table = TableFile.open_or_create(out, **meta)
@@ -4768,6 +4784,10 @@ def main(argv: list[str] | None = None) -> None:
         if asked is not None and asked != protocol[name]:
             raise FaceNASError(f"{out}: table was measured with {name}={protocol[name]} but --{name} {asked} was "
                                "given; drop the option to resume it, or write to another --out")
+    stored_estimator = protocol.get("estimator", "trimmed_mean")
+    if args.estimator is not None and args.estimator != stored_estimator:
+        raise FaceNASError(f"{out}: table was measured with estimator {stored_estimator} but --estimator "
+                           f"{args.estimator} was given; drop the option to resume it, or write to another --out")
     args.anchored = anchor_wanted(table.meta, len(table) > 0, args.anchor)
     if resumed and table.meta.get("torch_version") != torch.__version__:
         print(f"warning: {out} was measured with torch {table.meta.get('torch_version')}, this is "

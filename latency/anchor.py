@@ -33,7 +33,7 @@ ANCHOR_WINDOW = 3
 #: ``--anchor`` choices.
 ANCHOR_CHOICES = ("auto", "on", "off")
 #: Entry fields multiplied by the factor (the statistics of the timed samples).
-SCALED_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "first5_ms")
+SCALED_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "min_ms", "first5_ms")
 
 
 def choose_anchor_key(keys: list[str]) -> str:

@@ -58,7 +58,7 @@ DEFAULT_BATCH = {"cuda": 8, "cpu": 1}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: The statistic of the timed samples new tables use (``latency.table_format.ESTIMATORS``); see docs/LATENCY.md for
 #: the test-retest study behind the choice.
-DEFAULT_ESTIMATOR = "median"
+DEFAULT_ESTIMATOR = "min"
 
 
 def device_type(device: str | torch.device) -> str:
@@ -85,7 +85,7 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def summarize(times_ms: list[float], trim: float = TRIM) -> dict[str, Any]:
-    """Trimmed mean, median, p10, p90 and count of a list of timings (milliseconds).
+    """Trimmed mean, median, p10, p90, minimum and count of a list of timings (milliseconds).
 
     ``trim`` of the samples is dropped at each end (rounded down, so 50 samples drop 5 and 5); with too few samples
     to drop anything the plain mean is used.
@@ -101,6 +101,7 @@ def summarize(times_ms: list[float], trim: float = TRIM) -> dict[str, Any]:
         "median_ms": _quantile(ordered, 0.5),
         "p10_ms": _quantile(ordered, 0.1),
         "p90_ms": _quantile(ordered, 0.9),
+        "min_ms": ordered[0],
         "n": n,
     }
 

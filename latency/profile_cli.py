@@ -49,7 +49,15 @@ import torch
 
 from latency.anchor import ANCHOR_CHOICES, anchor_wanted, corrected, start_anchor
 from latency.drift import STORED_PREFIX, describe_drift, machine_drift, stored_networks
-from latency.measure import DEFAULT_BATCH, block_spec, check_device, load_average, machine_meta, machine_problem
+from latency.measure import (
+    DEFAULT_BATCH,
+    DEFAULT_ESTIMATOR,
+    block_spec,
+    check_device,
+    load_average,
+    machine_meta,
+    machine_problem,
+)
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
 from latency.runtimes import (
@@ -59,7 +67,7 @@ from latency.runtimes import (
     runtime_info,
     table_block_timer,
 )
-from latency.table_format import RunLog, TableFile
+from latency.table_format import ESTIMATORS, RunLog, TableFile
 from models.arch import Arch
 from models.naming import BlockSpec, format_block, parse_block
 from models.search_space import (
@@ -185,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="measure in channels_last memory format (default: contiguous NCHW)")
     how.add_argument("--warmup", type=NON_NEGATIVE_INT, help="untimed calls per block (default: 40 cuda, 20 cpu)")
     how.add_argument("--samples", type=POSITIVE_INT, help="timed calls per block (default: 200 cuda, 50 cpu)")
+    how.add_argument("--estimator", choices=tuple(ESTIMATORS),
+                     help="statistic of each block's timed samples the table's values use; every entry keeps all "
+                          "of them, this picks one; decided when the table is created (default: "
+                          f"{DEFAULT_ESTIMATOR}: interference from other work only ever adds time, and the minimum "
+                          "had the best test-retest agreement of whole networks on two shared machines; "
+                          "docs/LATENCY.md)")
     how.add_argument("--rounds", type=POSITIVE_INT, default=1,
                      help="measure the whole list R times in separate passes and keep, per block, the round with "
                           "the median mean (robust to a busy or throttling spell); resuming with a larger R adds "
@@ -474,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
         raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
     runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
-                        preset=args.preset, spaces=space_names, source="profile_latency.py", notes=args.note,
+                        estimator=args.estimator or DEFAULT_ESTIMATOR, preset=args.preset, spaces=space_names,
+                        source="profile_latency.py", notes=args.note,
                         **{k: v for k, v in runtime.items() if k != "threads"})
     resumed = out.exists()
     table = TableFile.open_or_create(out, **meta)
@@ -485,6 +500,10 @@ def main(argv: list[str] | None = None) -> None:
         if asked is not None and asked != protocol[name]:
             raise FaceNASError(f"{out}: table was measured with {name}={protocol[name]} but --{name} {asked} was "
                                "given; drop the option to resume it, or write to another --out")
+    stored_estimator = protocol.get("estimator", "trimmed_mean")
+    if args.estimator is not None and args.estimator != stored_estimator:
+        raise FaceNASError(f"{out}: table was measured with estimator {stored_estimator} but --estimator "
+                           f"{args.estimator} was given; drop the option to resume it, or write to another --out")
     args.anchored = anchor_wanted(table.meta, len(table) > 0, args.anchor)
     if resumed and table.meta.get("torch_version") != torch.__version__:
         print(f"warning: {out} was measured with torch {table.meta.get('torch_version')}, this is "

@@ -46,8 +46,10 @@ TABLE_FORMAT = "facenas-latency-table/1"
 METRICS = {"latency": ("mean_ms", "ms"), "flops": ("value", "MFLOPs"), "params": ("value", "M params"),
            "acts": ("value", "M acts")}
 LATENCY_FIELDS = ("mean_ms", "median_ms", "p10_ms", "p90_ms", "n")
+#: Statistics newer entries also keep (tables written before them lack them, so they are not required).
+OPTIONAL_LATENCY_FIELDS = ("min_ms",)
 #: protocol.estimator -> the entry field a table's values are read from (the statistic of the timed samples).
-ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}
+ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms", "min": "min_ms"}
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
                    "memory_format", "bn_folded", "runtime", "runtime_version", "execution_provider",
@@ -165,6 +167,9 @@ class TableFile:
         for raw_key, entry in data["entries"].items():
             key = _canonical(raw_key, lambda msg, k=raw_key: fail(f"entry {k!r}: {msg}", f'"{k}"'))
             problem = _entry_problem(entry, table.meta["metric"])
+            if problem is None and table.metric == "latency" and ESTIMATORS[table.estimator] not in entry:
+                problem = (f"lacks {ESTIMATORS[table.estimator]!r}, which protocol.estimator "
+                           f"{table.estimator!r} reads")
             if problem:
                 raise fail(f"entry {raw_key!r}: {problem}; fix the entry or delete it and measure it again",
                            f'"{raw_key}"')
@@ -406,7 +411,8 @@ class TableFile:
         """
         canonical = _canonical(key, lambda msg: FaceNASError(f"{key!r}: {msg}"))
         old = self.entries.get(canonical)
-        rounds = [] if old is None else [dict(r) for r in old.get("rounds", [{f: old[f] for f in LATENCY_FIELDS}])]
+        kept = LATENCY_FIELDS + OPTIONAL_LATENCY_FIELDS
+        rounds = [] if old is None else [dict(r) for r in old.get("rounds", [{f: old[f] for f in kept if f in old}])]
         rounds.append(_latency_entry(stats))
         if len(rounds) == 1:
             return self.add(canonical, rounds[0])
@@ -470,6 +476,7 @@ class TableFile:
 def _latency_entry(stats: dict[str, Any]) -> dict[str, Any]:
     """An entry's fields from a measurement, with the machine's load average when it was taken (evidence of noise)."""
     entry: dict[str, Any] = {f: (int(stats[f]) if f == "n" else round(float(stats[f]), 6)) for f in LATENCY_FIELDS}
+    entry.update({f: round(float(stats[f]), 6) for f in OPTIONAL_LATENCY_FIELDS if stats.get(f) is not None})
     if stats.get("load") is not None:
         entry["load"] = stats["load"]
     if stats.get("drift_factor") is not None:  # the drift anchor's correction (latency.anchor)
@@ -498,7 +505,8 @@ def _entry_problem(entry: Any, metric: str) -> str | None:
             if problem:
                 return f"a round {problem}"
     fields = LATENCY_FIELDS if metric == "latency" else ("value",)
-    for field in fields:
+    optional = OPTIONAL_LATENCY_FIELDS if metric == "latency" else ()
+    for field in fields + tuple(f for f in optional if f in entry):
         value = entry.get(field)
         if field not in entry:
             return f"lacks {field!r}"

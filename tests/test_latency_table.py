@@ -49,6 +49,25 @@ def test_load_lookup_and_calibration(tmp_path):
         "3x3_KKConv_16_16x8x8"]
 
 
+def test_each_estimator_reads_its_own_statistic_and_min_needs_min_ms(tmp_path):
+    entry = {**_entry(1.0), "min_ms": 0.7}
+    for estimator, expected in (("trimmed_mean", 1.0), ("p10", 0.9), ("min", 0.7)):
+        path = _write(tmp_path / "t.json", {"format": TABLE_FORMAT, "meta": _meta(protocol={
+            "warmup": 2, "samples": 5, "trim": 0.1, "estimator": estimator}), "entries": {KEY_A: entry}})
+        assert LatencyTable.load(path).latency(KEY_A, calibrated=False) == pytest.approx(expected)
+    # a table written before min_ms existed still loads with its own estimator ...
+    assert LatencyTable.load(_valid(tmp_path)).latency(KEY_A, calibrated=False) == pytest.approx(1.5)
+    # ... but a min table whose entry lacks it is refused in one line naming the file, line and field
+    text = json.dumps({"format": TABLE_FORMAT, "meta": _meta(protocol={"warmup": 2, "samples": 5, "trim": 0.1,
+                                                                        "estimator": "min"}),
+                       "entries": {KEY_B: {**_entry(0.5), "min_ms": 0.4}, KEY_A: _entry(1.5)}}, indent=2)
+    (tmp_path / "m.json").write_text(text, encoding="utf-8")
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if KEY_A in row)
+    with pytest.raises(FaceNASError, match=rf"m\.json:{line}: .*'min_ms'.*estimator 'min'") as err:
+        LatencyTable.load(tmp_path / "m.json")
+    assert "\n" not in str(err.value)
+
+
 def test_thesis_spellings_are_normalised(tmp_path):
     path = _write(tmp_path / "t.json", {"format": TABLE_FORMAT, "meta": _meta(),
                                         "entries": {"3X3_MaxPool_16x8x8": _entry(0.1)}})

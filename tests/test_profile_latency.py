@@ -169,7 +169,9 @@ def test_mismatched_rerun_and_bad_names_fail_in_one_line(device_dir, script):
                         check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "batch=1" in lines[0]
-    for extra, expected in ((["--resolution", "640"], "resolution=None"), (["--samples", "9"], "samples=3")):
+    assert TableFile.load(out).estimator == "min"  # the default of new tables
+    for extra, expected in ((["--resolution", "640"], "resolution=None"), (["--samples", "9"], "samples=3"),
+                            (["--estimator", "median"], "estimator min")):
         with pytest.raises(script.FaceNASError) as err:
             script.main(["--names", KEY_A, "--threads", "1", "--quiet", "--out", str(out), *extra])
         assert expected in str(err.value) and "\n" not in str(err.value)
@@ -257,7 +259,7 @@ def test_rounds_and_whole_networks_for_an_external_device(tmp_path, script):
     script.main([*args, "--rounds", "2"])
     table = TableFile.load(out)
     entry = next(iter(table.entries.values()))
-    field = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms"}[table.estimator]
+    field = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms", "min": "min_ms"}[table.estimator]
     assert len(entry["rounds"]) == 2 and entry[field] == sorted(r[field] for r in entry["rounds"])[0]
     assert table.meta["protocol"]["rounds"] == 2
     assert sorted(n["role"] for n in table.networks.values()) == ["fit", "fit", "validate", "validate"]
