@@ -495,15 +495,12 @@ def main(argv: list[str] | None = None) -> None:
     table = TableFile.open_or_create(out, **meta)
     protocol = table.meta["protocol"]
     protocol["rounds"] = max(int(protocol.get("rounds", 1)), args.rounds)
-    for name in ("warmup", "samples"):
+    for name, stored in (("warmup", protocol["warmup"]), ("samples", protocol["samples"]),
+                         ("estimator", table.estimator)):
         asked = getattr(args, name)
-        if asked is not None and asked != protocol[name]:
-            raise FaceNASError(f"{out}: table was measured with {name}={protocol[name]} but --{name} {asked} was "
+        if asked is not None and asked != stored:
+            raise FaceNASError(f"{out}: table was measured with {name}={stored} but --{name} {asked} was "
                                "given; drop the option to resume it, or write to another --out")
-    stored_estimator = protocol.get("estimator", "trimmed_mean")
-    if args.estimator is not None and args.estimator != stored_estimator:
-        raise FaceNASError(f"{out}: table was measured with estimator {stored_estimator} but --estimator "
-                           f"{args.estimator} was given; drop the option to resume it, or write to another --out")
     args.anchored = anchor_wanted(table.meta, len(table) > 0, args.anchor)
     if resumed and table.meta.get("torch_version") != torch.__version__:
         print(f"warning: {out} was measured with torch {table.meta.get('torch_version')}, this is "

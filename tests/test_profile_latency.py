@@ -171,7 +171,7 @@ def test_mismatched_rerun_and_bad_names_fail_in_one_line(device_dir, script):
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "batch=1" in lines[0]
     assert TableFile.load(out).estimator == "min"  # the default of new tables
     for extra, expected in ((["--resolution", "640"], "resolution=None"), (["--samples", "9"], "samples=3"),
-                            (["--estimator", "median"], "estimator min")):
+                            (["--estimator", "median"], "estimator=min")):
         with pytest.raises(script.FaceNASError) as err:
             script.main(["--names", KEY_A, "--threads", "1", "--quiet", "--out", str(out), *extra])
         assert expected in str(err.value) and "\n" not in str(err.value)
