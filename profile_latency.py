@@ -3066,7 +3066,10 @@ One protocol serves the block tables, the end-to-end checks of ``tools/latency_r
    warm-up) feeds the profiler's latency-threshold filter.
 
 The thread count is fixed for the call (``threads``, default: PyTorch's current setting) and returned, so tables
-record it. On Linux with glibc the allocator is put in a steady state first (:func:`steady_allocator`): by default
+record it. New CPU tables default to :func:`default_threads`: every core this process may use but one, because a
+benchmark that needs every core waits for the slowest of them, and any other work (the OS, the Python process's
+own housekeeping, another tenant of a VM) stalls it; on a 2-vCPU VM this cut the run-to-run change of whole networks
+from 8.4% to 3.0% (BENCHMARKS.md A2). On Linux with glibc the allocator is put in a steady state first (:func:`steady_allocator`): by default
 glibc hands out large buffers (conv workspaces, activations) with ``mmap`` and returns them on free, so every call
 pays page faults again, and whether it does depends on the process's allocation history; the same 3x3 conv measured
 1.5 ms or 6 ms in two processes on one machine. A long-running deployed network reuses its memory; so do the
@@ -3105,6 +3108,23 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 #: The statistic of the timed samples new tables use (``latency.table_format.ESTIMATORS``); see docs/LATENCY.md for
 #: the test-retest study behind the choice.
 DEFAULT_ESTIMATOR = "min"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(device: str | torch.device = "cpu") -> int:
+    """The thread count of a new table: on a CPU every usable core but one (at least 1), leaving a core to the OS
+    and other work so that it does not stall the timed one; on a GPU PyTorch's current CPU setting (it only
+    launches kernels). Deploy at the table's thread count, or profile with ``--threads N`` for another."""
+    if device_type(device) == "cuda":
+        return torch.get_num_threads()
+    return max(1, usable_cores() - 1)
 
 
 def device_type(device: str | torch.device) -> str:
@@ -3436,7 +3456,7 @@ def device_info(device: str = "cpu", threads: int | None = None) -> dict[str, An
         "system": platform.system(),
         "hostname": platform.node(),
         "cpu_count": os.cpu_count(),
-        "threads": int(threads) if threads else torch.get_num_threads(),
+        "threads": int(threads) if threads else default_threads(device),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "allocator": steady_allocator(),
@@ -4469,8 +4489,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--resolution", type=int_range(32),
                      help="network input side in pixels (default: the preset's, else 640; none for --names only)")
     how.add_argument("--threads", type=POSITIVE_INT,
-                     help=f"CPU threads, fixed for the run and recorded (default: torch's, here "
-                          f"{torch.get_num_threads()})")
+                     help=f"CPU threads, fixed for the run and recorded (default on a CPU: every usable core but "
+                          f"one, here {default_threads('cpu')}, so other work does not stall the timing; pass the "
+                          "thread count you will deploy with, e.g. 4 on a dedicated Raspberry Pi 4)")
     how.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                      help="tensor and weight type (default: float32)")
     how.add_argument("--channels-last", action="store_true",
@@ -4514,7 +4535,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="random networks of the selected spaces to fit the calibration on: a block table alone "
                            "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
                            "--repeats x (warm-up + samples) calls per network, about 2 s per network and round for "
-                           "the rpi4 preset on a 2-core x86 (so the whole rpi4 profile takes about 4 minutes there) "
+                           "the rpi4 preset on a 2-core x86 at its default 1 thread (the whole rpi4 profile: under 5 minutes there) "
                            f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
                            "are selected, 0 for --names only)")
     nets.add_argument("--random-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
@@ -4764,7 +4785,7 @@ def main(argv: list[str] | None = None) -> None:
     check_device(device)
     batch = args.batch if args.batch is not None else (PRESETS[args.preset]["latency_batch"] if args.preset
                                                        else DEFAULT_BATCH[device])
-    threads = args.threads if args.threads is not None else torch.get_num_threads()
+    threads = args.threads if args.threads is not None else default_threads(device)
     out = check_output_file(args.out or default_out(args, device, batch, resolution), "--out")
     log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write

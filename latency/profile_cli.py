@@ -54,6 +54,7 @@ from latency.measure import (
     DEFAULT_ESTIMATOR,
     block_spec,
     check_device,
+    default_threads,
     load_average,
     machine_meta,
     machine_problem,
@@ -185,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--resolution", type=int_range(32),
                      help="network input side in pixels (default: the preset's, else 640; none for --names only)")
     how.add_argument("--threads", type=POSITIVE_INT,
-                     help=f"CPU threads, fixed for the run and recorded (default: torch's, here "
-                          f"{torch.get_num_threads()})")
+                     help=f"CPU threads, fixed for the run and recorded (default on a CPU: every usable core but "
+                          f"one, here {default_threads('cpu')}, so other work does not stall the timing; pass the "
+                          "thread count you will deploy with, e.g. 4 on a dedicated Raspberry Pi 4)")
     how.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                      help="tensor and weight type (default: float32)")
     how.add_argument("--channels-last", action="store_true",
@@ -230,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="random networks of the selected spaces to fit the calibration on: a block table alone "
                            "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
                            "--repeats x (warm-up + samples) calls per network, about 2 s per network and round for "
-                           "the rpi4 preset on a 2-core x86 (so the whole rpi4 profile takes about 4 minutes there) "
+                           "the rpi4 preset on a 2-core x86 at its default 1 thread (the whole rpi4 profile: under 5 minutes there) "
                            f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
                            "are selected, 0 for --names only)")
     nets.add_argument("--random-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     check_device(device)
     batch = args.batch if args.batch is not None else (PRESETS[args.preset]["latency_batch"] if args.preset
                                                        else DEFAULT_BATCH[device])
-    threads = args.threads if args.threads is not None else torch.get_num_threads()
+    threads = args.threads if args.threads is not None else default_threads(device)
     out = check_output_file(args.out or default_out(args, device, batch, resolution), "--out")
     log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write

@@ -213,3 +213,15 @@ def test_analytic_table_fills_missing_by_counting(tmp_path):
     reloaded = LatencyTable.load(tmp_path / "flops.json")
     assert reloaded.metric == "flops" and reloaded.scale == 1.0
     assert reloaded.latency("1x1_Conv_16_8x4x4") == pytest.approx(2 * 8 * 16 * 16 / 1e6)
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (4, 3), (16, 15)])
+def test_new_cpu_tables_leave_one_core_free(monkeypatch, tmp_path, cores, expected):
+    """Default threads: every usable core but one (never 0), recorded in a new table; an explicit count wins."""
+    import latency.measure as measure
+
+    monkeypatch.setattr(measure, "usable_cores", lambda: cores)
+    assert measure.default_threads("cpu") == expected
+    table = LatencyTable.create(tmp_path / "t.json", device="cpu", batch=1, resolution=64)
+    assert table.meta["threads"] == expected
+    assert measure.machine_meta("cpu", threads=cores)["threads"] == cores
