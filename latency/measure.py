@@ -16,9 +16,11 @@ The thread count is fixed for the call (``threads``, default: PyTorch's current 
 record it. New CPU tables default to :func:`default_threads`: every core this process may use but one, because a
 benchmark that needs every core waits for the slowest of them, and any other work (the OS, the Python process's
 own housekeeping, another tenant of a VM) stalls it; on a 2-vCPU VM this cut the run-to-run change of whole networks
-from 8.4% to 3.0% (BENCHMARKS.md A2). On Linux with glibc the allocator is put in a steady state first (:func:`steady_allocator`): by default
-glibc hands out large buffers (conv workspaces, activations) with ``mmap`` and returns them on free, so every call
-pays page faults again, and whether it does depends on the process's allocation history; the same 3x3 conv measured
+from 8.4% to 3.0% (BENCHMARKS.md A2).
+
+On Linux with glibc the allocator is put in a steady state first (:func:`steady_allocator`): by default glibc hands
+out large buffers (conv workspaces, activations) with ``mmap`` and returns them on free, so every call pays page faults
+again, and whether it does depends on the process's allocation history; the same 3x3 conv measured
 1.5 ms or 6 ms in two processes on one machine. A long-running deployed network reuses its memory; so do the
 measurements. Python's garbage collector is switched off while sampling and denormal floats are flushed to zero:
 untrained random weights can shrink activations into the denormal range deep in a network, which slows CPUs by orders of

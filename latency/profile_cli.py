@@ -231,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--fit-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
                       help="random networks of the selected spaces to fit the calibration on: a block table alone "
                            "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
-                           "--repeats x (warm-up + samples) calls per network, about 2 s per network and round for "
-                           "the rpi4 preset on a 2-core x86 at its default 1 thread (the whole rpi4 profile: under 5 minutes there) "
+                           "--repeats x (warm-up + samples) calls per network, about 3 s per network and round for "
+                           "the rpi4 preset on a 2-core x86 at its default 1 thread (the whole rpi4 profile: under 5 "
+                           "minutes there) "
                            f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
                            "are selected, 0 for --names only)")
     nets.add_argument("--random-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
