@@ -279,6 +279,11 @@ def _space(args: argparse.Namespace, table_path: Path):
     return get_space(space_name, hardswish=args.hardswish, **overrides)
 
 
+def _threads_text(threads: int | None) -> str:
+    """'1 thread' / '3 threads' for a table's thread count."""
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
 def _table_and_costs(args: argparse.Namespace, table_path: Path, space, dist, log):
     """Load the table, or create it here when missing (internal mode: blocks and calibration networks measured on
     this machine); measure what the space needs; its costs."""
@@ -300,7 +305,7 @@ def _table_and_costs(args: argparse.Namespace, table_path: Path, space, dist, lo
             table = LatencyTable.create(table_path, device=device, batch=preset["latency_batch"],
                                         resolution=preset["latency_size"], preset=space.preset, space=space.name)
             log.info(f"{table_path} did not exist: created a new latency table that describes THIS machine "
-                     f"({table.meta.get('device_name')}, {device}, {table.meta.get('threads')} threads, batch "
+                     f"({table.meta.get('device_name')}, {device}, {_threads_text(table.meta.get('threads'))}, batch "
                      f"{table.batch}, {table.input_size}x{table.input_size}), not a {preset['device']}. To search for "
                      f"that device, run `python profile_latency.py --preset {space.preset} --out {table_path.name}` "
                      "on it and pass the file here.")
