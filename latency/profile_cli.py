@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import shlex
 import sys
 import time
@@ -58,6 +57,7 @@ from latency.measure import (
     load_average,
     machine_meta,
     machine_problem,
+    usable_cores,
 )
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
@@ -231,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     nets.add_argument("--fit-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
                       help="random networks of the selected spaces to fit the calibration on: a block table alone "
                            "under-predicts whole networks (warm caches, no neighbours), the fit corrects that. Cost: "
-                           "--repeats x (warm-up + samples) calls per network, about 3 s per network and round for "
-                           "the rpi4 preset on a 2-core x86 at its default 1 thread (the whole rpi4 profile: under 5 "
-                           "minutes there) "
+                           "--repeats x (warm-up + samples) calls per network, 1-3 s per network and round for the "
+                           "rpi4 preset on a 2-core x86 at its default 1 thread (the whole rpi4 profile: 2-5 minutes "
+                           "there) "
                            f"and several times that on a Raspberry Pi (default: {DEFAULT_FIT_NETWORKS} when spaces "
                            "are selected, 0 for --names only)")
     nets.add_argument("--random-archs", type=NON_NEGATIVE_INT, default=None, metavar="N",
@@ -580,7 +580,7 @@ def calibrate(table: TableFile, log: RunLog) -> str:
 
 def _busy_warning(device: str, threads: int) -> str | None:
     """A warning when other work already loads the CPU (the timings would be inflated and noisy)."""
-    load, cores = load_average(), os.cpu_count() or 1
+    load, cores = load_average(), usable_cores()
     if device != "cpu" or load is None or load + threads <= cores + 0.5:
         return None
     return (f"the machine is busy (load average {load:g} on {cores} cores, {threads} thread(s) wanted): block "
