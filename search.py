@@ -20,10 +20,12 @@ from pathlib import Path
 from utils.errors import FaceNASError, run_cli
 
 CPU_QUICK = {"img_size": 320, "batch_size": 8, "warmup_epochs": 2, "search_epochs": 5, "arch_lr": 0.2,
-             "lr": 0.01, "max_steps_per_epoch": None}
+             "lr": 0.01, "max_steps_per_epoch": None, "lr_schedule": "constant", "lr_warmup_epochs": 0.0,
+             "sandwich": False, "distill": 0.0}
 #: Networks measured to calibrate a table that internal mode creates: (fitting, held-out), as profile_latency.py.
 CALIBRATION_NETWORKS = (24, 8)
-THESIS = {"img_size": 640, "warmup_epochs": 40, "search_epochs": 120, "arch_lr": 1e-3, "lr": 1e-3}
+THESIS = {"img_size": 640, "warmup_epochs": 40, "search_epochs": 120, "arch_lr": 1e-3, "lr": 1e-3,
+          "lr_schedule": "constant", "lr_warmup_epochs": 0.0, "sandwich": False, "distill": 0.0}
 #: A target more than this factor above the largest (or below the smallest) network of the space is refused.
 TARGET_FACTOR = 1000.0
 #: Smallest training resolution: the backbone's stride-32 level needs at least one cell.
@@ -103,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch-lr", type=POSITIVE_FLOAT, default=None,
                    help="Adam learning rate of the alphas, betas (0, 0.999) (default: 1e-3, ProxylessNAS; 0.2 for "
                         "the short CPU run, which has ~100x fewer architecture steps)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="weight learning rate over warm-up + search epochs: constant, or cosine decay to 0 at the "
+                        "end (both after --lr-warmup-epochs of linear warm-up from 0.1 x lr) (default: constant on "
+                        "GPU, as the thesis; cosine on CPU)")
+    g.add_argument("--lr-warmup-epochs", type=NON_NEGATIVE_FLOAT, default=None,
+                   help="linear warm-up of the weight learning rate, in epochs (default: 0 on GPU, 1 on CPU)")
+    g.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=None,
+                   help="sandwich rule: every weight step trains the largest and the smallest network of the space "
+                        "(by the table) plus --sandwich-random sampled paths, one optimizer step on their mean loss "
+                        "(default: off on GPU, as the thesis; on on CPU)")
+    g.add_argument("--sandwich-random", type=NON_NEGATIVE_INT, default=2,
+                   help="sampled paths per weight step besides the largest and smallest, with --sandwich (default: 2)")
+    g.add_argument("--distill", type=NON_NEGATIVE_FLOAT, default=None, metavar="WEIGHT",
+                   help="in-place distillation with --sandwich: the other paths of a step also learn the largest "
+                        "path's outputs, with this weight; 0 = off (default: 0 on GPU; 1 on CPU)")
     g.add_argument("--holdout-fraction", type=float_range(0, 1, low_open=True, high_open=True), default=0.2,
                    help="share of the training images held out for architecture steps (default: 0.2)")
     g = p.add_argument_group("run")
@@ -340,7 +357,8 @@ def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
     on_gpu = dist.device.type == "cuda"
     base = dict(THESIS, batch_size=preset["batch"]) if on_gpu else dict(CPU_QUICK)
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else base.get(k) for k in
-              ("img_size", "batch_size", "warmup_epochs", "search_epochs", "arch_lr", "lr", "max_steps_per_epoch")}
+              ("img_size", "batch_size", "warmup_epochs", "search_epochs", "arch_lr", "lr", "max_steps_per_epoch",
+               "lr_schedule", "lr_warmup_epochs", "sandwich", "distill")}
     per_process = split_batch(chosen["batch_size"], dist)
     if args.sync_bn:
         sync_batchnorm_applies(dist)  # refuses CPU processes now, not at the first step
@@ -354,7 +372,7 @@ def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
         amp=args.amp if args.amp is not None else on_gpu, device=str(dist.device), data_root=args.data_root,
         out_dir=str(out_dir), progress=not args.no_progress, save_every=args.save_every,
         world_size=dist.world_size, batch_per_process=per_process, sync_bn=args.sync_bn, derive=args.derive,
-        tolerance=args.tolerance, **chosen)
+        tolerance=args.tolerance, sandwich_random=args.sandwich_random, **chosen)
 
 
 def _print_result(log, result: dict, args: argparse.Namespace, table, table_path: Path, unit: str, out_dir: Path,

@@ -96,6 +96,49 @@ class StepSchedule:
         del state
 
 
+class CosineSchedule:
+    """Linear warm-up, then cosine decay to ``final`` x ``base_lr`` at the end of training, set per iteration.
+
+    Same interface as :class:`StepSchedule`; the rate is a pure function of the position, so a resumed run follows
+    the same curve.
+
+    Args:
+        optimizer: whose parameter groups get the rate.
+        base_lr: peak rate (reached at the end of the warm-up).
+        total_epochs: length of training in epochs (the decay ends there).
+        warmup_epochs: linear warm-up length in epochs (may be fractional; 0 = none).
+        warmup_start: starting fraction of ``base_lr`` during warm-up.
+        final: fraction of ``base_lr`` at the end.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_epochs: float,
+                 warmup_epochs: float = 0.0, warmup_start: float = 0.1, final: float = 0.0) -> None:
+        if total_epochs <= 0:
+            raise ValueError(f"total_epochs must be > 0, got {total_epochs}")
+        self.optimizer = optimizer
+        self.base_lr = float(base_lr)
+        self.total_epochs = float(total_epochs)
+        self.warmup_epochs = min(float(warmup_epochs), self.total_epochs)
+        self.warmup_start = float(warmup_start)
+        self.final = float(final)
+
+    def lr_at(self, epoch: int, fraction: float = 0.0) -> float:
+        """Rate at ``fraction`` (0..1) of the way through ``epoch``."""
+        position = epoch + fraction
+        if position < self.warmup_epochs:
+            return self.base_lr * (self.warmup_start + (1.0 - self.warmup_start) * position / self.warmup_epochs)
+        span = self.total_epochs - self.warmup_epochs
+        progress = min(1.0, (position - self.warmup_epochs) / span) if span > 0 else 1.0
+        return self.base_lr * (self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def step(self, epoch: int, fraction: float = 0.0) -> float:
+        """Set and return the rate for this point of training."""
+        lr = self.lr_at(epoch, fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+
 @dataclass
 class StepOutput:
     """Result of one training step: mean loss values over all ranks (floats) and the batch size on this rank."""

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,15 @@ from engine.distributed import (
     split_batch,
 )
 from engine.loaders import make_loader, one_line_worker_errors, resolve_data_root, set_epoch, split_holdout
-from engine.trainer import compute_loss, format_losses, train_step
+from engine.trainer import CosineSchedule, NonFiniteLossError, StepSchedule, compute_loss, format_losses, train_step
 from latency.predict import EdgeCosts
 from models.loss import MultiBoxLoss
 from models.retinaface import RetinaFace
 from models.search_space import SearchSpace
 from nas.derive import argmax_derive, budget_derive, differing_edges
+from nas.distill import distillation_loss
 from nas.latency_loss import expected_latency, latency_loss
+from nas.sandwich import weight_step_paths
 from nas.supernet import SuperNet
 from utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
 from utils.errors import FaceNASError
@@ -98,6 +101,11 @@ class SearchSettings:
     sync_bn: bool = False
     derive: str = "budget"
     tolerance: float = 0.02
+    lr_schedule: str = "constant"
+    lr_warmup_epochs: float = 0.0
+    sandwich: bool = False
+    sandwich_random: int = 2
+    distill: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,6 +154,18 @@ class Searcher:
         self.amp = amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
         self.generator = torch.Generator().manual_seed(settings.seed)
+        if settings.distill and not settings.sandwich:
+            raise FaceNASError("in-place distillation (--distill) needs the sandwich rule (--sandwich): the largest "
+                               "path is the teacher")
+        if settings.lr_schedule not in ("constant", "cosine"):
+            raise FaceNASError(f"unknown weight lr schedule {settings.lr_schedule!r} (constant, cosine)")
+        total = settings.warmup_epochs + settings.search_epochs
+        self.schedule: StepSchedule | CosineSchedule = (
+            CosineSchedule(self.weight_opt, settings.lr, max(total, 1), settings.lr_warmup_epochs)
+            if settings.lr_schedule == "cosine" else StepSchedule(self.weight_opt, settings.lr, (), 1.0,
+                                                                  settings.lr_warmup_epochs))
+        # weight updates each candidate received (the diagnosis of how evenly the supernet is trained)
+        self.updates = [[0] * len(edge.ops) for edge in self.net.edges]
         self.epoch = 0  # next epoch to run
         self.history: list[dict[str, Any]] = []
         self._data: tuple[Any, Any] | None = None
@@ -193,19 +213,81 @@ class Searcher:
         return paths  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------------- steps
-    def weight_step(self, batch: Any, warmup: bool) -> dict[str, float]:
-        self.net.set_paths(self._sample("uniform" if warmup else "weights"), "weights")
+    def _weight_paths(self, warmup: bool) -> list[list[tuple[int, tuple[int, ...]]]]:
+        """This weight step's paths, drawn on rank 0 and broadcast (see :func:`nas.sandwich.weight_step_paths`)."""
+        kind = "uniform" if warmup else "weights"
+        paths = (weight_step_paths(self.net, self.costs, kind, self.generator, self.s.sandwich, self.s.sandwich_random)
+                 if self.dist.is_main else None)
+        if self.dist.distributed:
+            paths = broadcast_object(paths, self.dist)
+        return paths  # type: ignore[return-value]
+
+    def weight_step(self, batch: Any, warmup: bool, fraction: float = 0.0) -> dict[str, float]:
+        self.schedule.step(self.epoch, fraction)
+        paths = self._weight_paths(warmup)
+        for path in paths:
+            for counts, (active, _) in zip(self.updates, path):
+                counts[active] += 1
+        trained = [{active for active, _ in column} for column in zip(*paths)]  # per edge, candidates that ran
 
         def clear() -> None:
             # DDP hands unused parameters zero gradients: drop them so weight decay and momentum skip them
-            for edge in self.net.edges:
-                edge.clear_unsampled_grads()
+            for edge, ran in zip(self.net.edges, trained):
+                for i, op in enumerate(edge.ops):
+                    if i not in ran:
+                        for p in op.parameters():
+                            p.grad = None
             for p in self.net.arch_parameters():
                 p.grad = None
 
-        out = train_step(self.model, batch, self.criterion, self.weight_opt, self.scaler, device=self.dist.device,
-                         amp=self.amp, dist_info=self.dist, epoch=self.epoch, before_step=clear)
-        return out.losses
+        if len(paths) == 1:
+            self.net.set_paths(paths[0], "weights")
+            out = train_step(self.model, batch, self.criterion, self.weight_opt, self.scaler,
+                             device=self.dist.device, amp=self.amp, dist_info=self.dist, epoch=self.epoch,
+                             before_step=clear)
+            return out.losses
+        return self._sandwich_step(batch, paths, clear)
+
+    def _sandwich_step(self, batch: Any, paths: list[list[tuple[int, tuple[int, ...]]]],
+                       clear: Callable[[], None]) -> dict[str, float]:
+        """One optimizer step on the mean loss of several paths (largest first: the distillation teacher)."""
+        images, targets = (t.to(self.dist.device, non_blocking=self.dist.device.type == "cuda") for t in batch)
+        priors = self.detector.priors(tuple(images.shape[-2:]), images.device)
+        self.weight_opt.zero_grad(set_to_none=True)
+        teacher = None
+        sums: dict[str, float] = {}
+        for k, path in enumerate(paths):
+            self.net.set_paths(path, "weights")
+            with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=self.amp):
+                predictions = self.model(images)
+            losses = self.criterion(predictions, targets, priors)
+            total = losses["total"]
+            if self.s.distill and k == 0:
+                teacher = tuple(t.detach() for t in predictions)
+            elif self.s.distill:
+                kd = distillation_loss(predictions, teacher, losses["positives"])
+                total = total + self.s.distill * kd
+                sums["distill"] = sums.get("distill", 0.0) + float(kd.detach()) / (len(paths) - 1)
+            if not torch.isfinite(total.detach()):
+                raise NonFiniteLossError(f"the loss is not finite at epoch {self.epoch + 1} (sandwich path {k})",
+                                         {"total": float(total.detach())}, self.epoch)
+            self.scaler.scale(total / len(paths)).backward()
+            for key in ("total", "cls", "box", "landmark"):
+                sums[key] = sums.get(key, 0.0) + float(losses[key].detach()) / len(paths)
+            if k == 0:
+                sums["largest"] = float(losses["total"].detach())
+            elif k == 1:
+                sums["smallest"] = float(losses["total"].detach())
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.weight_opt)
+        clear()
+        self.scaler.step(self.weight_opt)
+        self.scaler.update()
+        if self.dist.distributed:
+            keys = sorted(sums)
+            packed = all_reduce_mean(torch.tensor([sums[k] for k in keys], device=self.dist.device), self.dist)
+            sums = dict(zip(keys, packed.tolist()))
+        return sums
 
     def arch_step(self, batch: Any) -> dict[str, float]:
         self.net.set_paths(self._sample("arch"), "arch")
@@ -269,7 +351,7 @@ class Searcher:
             for step, batch in enumerate(train_loader):
                 if step >= steps:
                     break
-                record = self.weight_step(batch, warmup)
+                record = self.weight_step(batch, warmup, step / steps)
                 if not warmup and (step + 1) % self.s.arch_every == 0:
                     try:
                         held_batch = next(held_iter)
@@ -299,7 +381,9 @@ class Searcher:
             full = float(expected_latency(self.net, self.costs, self.s.p1, use_paths=False))
         choices = self.net.argmax_choices()
         probs = [[round(float(p), 4) for p in e.probs.detach().cpu()] for e in self.net.edges]
+        shares = [c / max(1, sum(counts)) for counts in self.updates for c in counts]
         return {"expected_full": full, "argmax_cost": self.costs.of_paths(choices),
+                "lr": self.weight_opt.param_groups[0]["lr"], "least_update_share": min(shares, default=0.0),
                 "argmax": self.net.describe_argmax(), "probs": probs, "confidence": _confidence(probs)}
 
     def _bar(self, steps: int, epoch: int, total: int, warmup: bool) -> Progress:
@@ -340,6 +424,7 @@ class Searcher:
             "generator": self.generator.get_state(),
             "rng": rng_state(),
             "history": self.history,
+            "updates": self.updates,
         }
 
     def save_checkpoint(self, also: list[str] | None = None) -> None:
@@ -376,6 +461,8 @@ class Searcher:
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        if "updates" in state:
+            self.updates = [list(map(int, counts)) for counts in state["updates"]]
         self._resumed_from = Path(path)
         return [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k not in ("resume", "out_dir", "progress")]
 
