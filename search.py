@@ -359,6 +359,9 @@ def _settings(args: argparse.Namespace, space, dist, out_dir: Path):
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else base.get(k) for k in
               ("img_size", "batch_size", "warmup_epochs", "search_epochs", "arch_lr", "lr", "max_steps_per_epoch",
                "lr_schedule", "lr_warmup_epochs", "sandwich", "distill")}
+    if chosen["distill"] and not chosen["sandwich"]:
+        raise FaceNASError(f"--distill {chosen['distill']:g} needs the sandwich rule (the largest path is the "
+                           "teacher): add --sandwich or pass --distill 0")
     per_process = split_batch(chosen["batch_size"], dist)
     if args.sync_bn:
         sync_batchnorm_applies(dist)  # refuses CPU processes now, not at the first step

@@ -25,6 +25,7 @@ Each phase skips the work it finds done in ``--out``, so the benchmark resumes, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -70,13 +71,21 @@ def run(command: list[str], log: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ phases
+def search_dir(out: Path, index: int, seed: int) -> Path:
+    """Folder of the index-th search (the first keeps the name ``search`` of single-seed studies)."""
+    return out / "search" if index == 0 else out / f"search_s{seed}"
+
+
 def phase_search(args: argparse.Namespace, out: Path) -> None:
-    if (out / "search" / "arch.json").is_file():
-        return
-    run([sys.executable, "search.py", "--latency-table", str(args.table), "--target", f"{args.target:g}", "--space",
-         args.space, "--out-dir", str(out / "search"), "--seed", str(args.search_seed), "--no-progress",
-         *(["--data-root", args.data_root] if args.data_root else []), *shlex.split(args.search_args)],
-        out / "logs" / "search.log")
+    for index, seed in enumerate(args.search_seeds):
+        folder = search_dir(out, index, seed)
+        if (folder / "arch.json").is_file():
+            continue
+        resume = ["--resume"] if (folder / "last.pth").is_file() else []
+        run([sys.executable, "search.py", "--latency-table", str(args.table), "--target", f"{args.target:g}",
+             "--space", args.space, "--out-dir", str(folder), "--seed", str(seed), "--no-progress", *resume,
+             *(["--data-root", args.data_root] if args.data_root else []), *shlex.split(args.search_args)],
+            out / "logs" / f"search_s{seed}.log")
 
 
 def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list[dict[str, Any]]:
@@ -85,11 +94,11 @@ def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list
     if path.is_file():
         return json.loads(path.read_text())
     space = get_space(args.space)
-    searched = Arch.load(out / "search" / "arch.json")
-    centre = predict_latency(searched, table)
+    searches = [Arch.load(search_dir(out, i, seed) / "arch.json") for i, seed in enumerate(args.search_seeds)]
+    centre = statistics.fmean(predict_latency(a, table) for a in searches)
     low, high = centre * (1 - args.window), centre * (1 + args.window)
     rng = random.Random(args.draw_seed)
-    seen, drawn = {tuple(searched.meta["choices"])}, []
+    seen, drawn = {tuple(a.meta["choices"]) for a in searches}, []
     draws = 0
     while len(drawn) < args.random and draws < args.max_draws:
         draws += 1
@@ -107,7 +116,9 @@ def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list
         if tuple(result.choices) not in seen and result.status == "within":
             seen.add(tuple(result.choices))
             drawn.append((space.arch_from_choices(result.choices, f"random{len(drawn):02d}"), "gumbel"))
-    nets = [{"name": "searched", "kind": "searched", "arch": searched.to_dict(), "how": "search + budget derive"}]
+    nets = [{"name": "searched" if i == 0 else f"searched_s{seed}", "kind": "searched", "arch": a.to_dict(),
+             "how": f"search seed {seed} + budget derive"}
+            for i, (a, seed) in enumerate(zip(searches, args.search_seeds))]
     nets += [{"name": a.name, "kind": "random", "arch": a.to_dict(), "how": how} for a, how in drawn]
     for name in args.registered:
         arch = published_arch(name)
@@ -152,49 +163,20 @@ def phase_train(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]])
 
 
 def phase_rank(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]) -> None:
-    """Supernet-inherited AP of every network of the space (BatchNorm recalibrated on training batches)."""
+    """Supernet-inherited AP of every network of the space (BatchNorm recalibrated on training batches), scored on
+    the first search's supernet."""
+    from nas.inherited import InheritedScorer
+
     path = out / "rank.json"
     if path.is_file():
         return
-    import torch
-
-    from data.augment import TrainTransform
-    from data.widerface import WiderFaceDetection
-    from engine.checkpoint import read_checkpoint
-    from engine.distributed import DistInfo
-    from engine.inference import EvalSettings, evaluate_detector
-    from engine.loaders import make_loader, resolve_data_root
-    from models.retinaface import RetinaFace
-    from nas.supernet import SuperNet
-
-    space = get_space(args.space)
-    state = read_checkpoint(out / "search" / "last.pth", "facenas-search/1", "search", "search checkpoint", "")
-    net = SuperNet(space)
-    detector = RetinaFace(net, net.channels, state["settings"].get("fpn_channels"))
-    root = resolve_data_root(args.data_root, verbose=False)
-    img_size = int(state["settings"]["img_size"])
-    loader = make_loader(WiderFaceDetection(root, "train", TrainTransform(img_size), seed=0),
-                         int(state["settings"]["batch_size"]), DistInfo(), shuffle=True, seed=0, workers=0)
+    scorer = InheritedScorer(out / "search" / "last.pth", get_space(args.space), args.data_root, args.bn_batches)
     results = {}
     for item in nets:
         if item["kind"] == "registered":
             continue
-        detector.load_state_dict(state["detector"])
-        choices = Arch.from_dict(item["arch"]).meta["choices"]
-        net.set_paths([(c, (c,)) for c in choices], "weights")
-        for module in detector.modules():  # fresh statistics of this path: the shared ones belong to no network
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None
-        detector.train()
-        with torch.no_grad():
-            for step, (images, _) in enumerate(loader):
-                if step >= args.bn_batches:
-                    break
-                detector(images)
-        ap = evaluate_detector(detector.eval(), root, out / "rank_pred" / item["name"], EvalSettings(),
-                               progress=False)
-        results[item["name"]] = {s: float(ap[s]) for s in SETTINGS}
+        results[item["name"]] = scorer.score(Arch.from_dict(item["arch"]).meta["choices"],
+                                             out / "rank_pred" / item["name"])
         print(f"supernet AP of {item['name']}: {100 * results[item['name']]['mean']:.2f}")
     atomic_write_json(path, {"bn_batches": args.bn_batches, "networks": results})
 
@@ -240,7 +222,8 @@ def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]
         rows.append(row)
     trained = [r for r in rows if r["ap"]]
     random_rows = [r for r in trained if r["kind"] == "random"]
-    searched = next((r for r in trained if r["kind"] == "searched"), None)
+    searched_rows = [r for r in trained if r["kind"] == "searched"]
+    searched = searched_rows[0] if searched_rows else None
     spread = [max(r["ap_per_seed"]) - min(r["ap_per_seed"]) for r in trained if len(r["ap_per_seed"]) > 1]
     summary: dict[str, Any] = {"seed_spread_median": statistics.median(spread) if spread else None,
                                "machine_drift": timing.get("drift")}
@@ -249,6 +232,7 @@ def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]
         summary.update(random_mean=statistics.fmean(means), random_best=means[0],
                        searched=searched["ap"]["mean"], margin=searched["ap"]["mean"] - statistics.fmean(means),
                        searched_rank=1 + sum(m > searched["ap"]["mean"] for m in means), random_count=len(means))
+    summary.update(search_vs_random(searched_rows, random_rows, out, args.seeds))
     ranked = [r for r in trained if r["supernet_ap"] is not None]
     if len(ranked) >= 3:
         tau = kendalltau([r["supernet_ap"] for r in ranked], [r["ap"]["mean"] for r in ranked])
@@ -274,6 +258,47 @@ def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]
     if trained and all(r["measured_ms"] for r in trained):
         pareto_plot(trained, args, out / "pareto.png")
     return report
+
+
+def search_vs_random(searched: list[dict[str, Any]], randoms: list[dict[str, Any]], out: Path,
+                     seeds: list[int]) -> dict[str, Any]:
+    """One-sided tests of "searched networks are more accurate than random ones of the same latency".
+
+    * permutation: network-level mean APs, the difference of the two groups' means against every relabelling of
+      the networks into groups of the same sizes (exact);
+    * paired by training seed: per seed, the searched networks' mean AP minus the random networks' mean AP, a
+      Wilcoxon signed-rank test over seeds (only seeds every network finished).
+    """
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    if not searched or len(randoms) < 2:
+        return {}
+    a = np.array([r["ap"]["mean"] for r in searched])
+    b = np.array([r["ap"]["mean"] for r in randoms])
+    result: dict[str, Any] = {"searched_networks": len(a), "searched_mean_of_networks": float(a.mean()),
+                              "margin_of_means": float(a.mean() - b.mean())}
+    pooled, observed = np.concatenate([a, b]), a.mean() - b.mean()
+    differences = []
+    for pick in itertools.combinations(range(len(pooled)), len(a)):  # every relabelling (small groups: exact)
+        mask = np.zeros(len(pooled), dtype=bool)
+        mask[list(pick)] = True
+        differences.append(pooled[mask].mean() - pooled[~mask].mean())
+    result["permutation_p"] = float(np.mean(np.asarray(differences) >= observed - 1e-12))
+    per_seed = []
+    for seed in seeds:
+        values = {}
+        for r in searched + randoms:
+            path = out / "train" / f"{r['name']}_s{seed}" / "eval.json"
+            if path.is_file():
+                values[r["name"]] = 100 * json.loads(path.read_text())["mean"]
+        if len(values) == len(searched) + len(randoms):
+            per_seed.append(float(np.mean([values[r["name"]] for r in searched])
+                                  - np.mean([values[r["name"]] for r in randoms])))
+    result["paired_seed_differences"] = per_seed
+    if len(per_seed) >= 3:
+        result["wilcoxon_p"] = float(wilcoxon(per_seed, alternative="greater").pvalue)
+    return result
 
 
 def pareto_plot(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
@@ -316,7 +341,8 @@ def main() -> None:
                         help="registered networks trained alongside")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds of every network")
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: the quick preset's 6)")
-    parser.add_argument("--search-seed", type=int, default=0, help="seed of the search")
+    parser.add_argument("--search-seeds", type=int, nargs="+", default=[0], help="seeds of the searches (each gives "
+                        "one searched network)")
     parser.add_argument("--threads", type=int, default=1, help="threads per training run")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     parser.add_argument("--bn-batches", type=int, default=20, help="training batches that recompute BatchNorm "

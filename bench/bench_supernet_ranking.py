@@ -51,6 +51,7 @@ from utils.figures import pyplot, save_figure  # noqa: E402
 
 PHASES = ("nets", "train", "supernet", "report")
 SETTINGS = ("easy", "medium", "hard", "mean")
+BN_BATCHES = 20
 
 
 def _gumbel(rng: random.Random) -> float:
@@ -160,20 +161,22 @@ def phase_supernet(args: argparse.Namespace, out: Path, nets: list[dict[str, Any
     target = args.target or (costs.smallest + costs.largest) / 2
     for name, options in parse_variants(args.variant):
         folder = out / "supernet" / name
+        # the report reads rank.json (the default recalibration); other batch counts are a diagnosis beside it
+        rank_file = folder / ("rank.json" if args.bn_batches == BN_BATCHES else f"rank_bn{args.bn_batches}.json")
+        done = json.loads(rank_file.read_text()) if rank_file.is_file() else {"options": options, "networks": {}}
+        todo = [n for n in nets if n["name"] not in done["networks"]]
+        if not todo:
+            continue  # scored already (the checkpoints are not committed: a clean clone skips it too)
         if not (folder / "last.pth").is_file() or not (folder / "history.json").is_file():
             resume = ["--resume"] if (folder / "last.pth").is_file() else []
             run([sys.executable, "search.py", "--latency-table", str(args.table), "--target", f"{target:.4g}",
                  "--space", args.space, "--out-dir", str(folder), "--seed", str(args.search_seed), "--no-progress",
                  *(["--data-root", args.data_root] if args.data_root else []),
                  *resume, *shlex.split(options)], out / "logs" / f"supernet_{name}.log")
-        rank_file = folder / "rank.json"
-        done = json.loads(rank_file.read_text()) if rank_file.is_file() else {"options": options, "networks": {}}
-        todo = [n for n in nets if n["name"] not in done["networks"]]
-        if not todo:
-            continue
         scorer = InheritedScorer(folder / "last.pth", space, args.data_root, args.bn_batches)
         for net in todo:
             done["networks"][net["name"]] = scorer.score(net["choices"], out / "rank_pred" / name / net["name"])
+            done["bn_batches"] = args.bn_batches
             atomic_write_json(rank_file, done)
             print(f"{name}: inherited AP of {net['name']}: {100 * done['networks'][net['name']]['mean']:.2f}")
 
@@ -299,7 +302,9 @@ def main() -> None:
                         help="a supernet variant: search.py options (repeatable)")
     parser.add_argument("--target", type=float, default=None, help="search target (ms; default: mid-range)")
     parser.add_argument("--search-seed", type=int, default=0, help="seed of the supernet searches")
-    parser.add_argument("--bn-batches", type=int, default=20, help="BatchNorm recalibration batches per path")
+    parser.add_argument("--bn-batches", type=int, default=BN_BATCHES,
+                        help="BatchNorm recalibration batches per path (0: the supernet's shared statistics); "
+                             "other than the default, the scores go to rank_bn<N>.json beside rank.json")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds of the tau interval")
     parser.add_argument("--data-root", default=None, help="dataset (default: the built-in synthetic one)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ranking" / "R5_V2",

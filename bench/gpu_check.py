@@ -12,6 +12,8 @@ It runs, in order, and prints one line per check (plus a JSON summary):
    dataset (the NCCL path of engine/distributed.py and DDP in train.py); checks the checkpoint it writes.
 3. **Checkpoint evaluation on the GPU**: ``evaluate.py --checkpoint`` on that checkpoint (the val set of the built-in
    dataset), which exercises inference and the prediction writer on CUDA.
+4. **Supernet remedies on CUDA**: a short ``search.py`` with AMP, the sandwich rule, in-place distillation and the
+   cosine weight schedule on a FLOPs table of R5_V2 at 640 px (no device table needed).
 
 Exit status 0 when every check passed, 1 otherwise.
 """
@@ -136,6 +138,22 @@ def main() -> int:
                             [sys.executable, "evaluate.py", "--checkpoint", str(out_dir / "last.pth"), "--device",
                              "cuda", "--pred-dir", str(Path(tmp) / "pred"), "--json", str(ap_json)],
                             ap_json.is_file)
+
+        # the supernet remedies of the search on CUDA with AMP (sandwich rule + in-place distillation, cosine lr),
+        # on a FLOPs table so that no device table is needed
+        flops = Path(tmp) / "flops.json"
+        search_dir = Path(tmp) / "search"
+        ok &= run_check(summary, "flops_table", "FLOPs table of R5_V2 at 640 px for the search check",
+                        [sys.executable, "-m", "latency.analytic", "--metric", "flops", "--space", "R5_V2",
+                         "--resolution", "640", "--out", str(flops)], flops.is_file)
+        if flops.is_file():
+            ok &= run_check(summary, "search_sandwich_amp_run", "search.py --sandwich --distill 1 on CUDA",
+                            [sys.executable, "search.py", "--latency-table", str(flops), "--space", "R5_V2",
+                             "--target", "1500", "--device", "cuda", "--warmup-epochs", "1", "--search-epochs", "1",
+                             "--max-steps-per-epoch", "10", "--batch-size", "16", "--sandwich", "--distill", "1",
+                             "--lr-schedule", "cosine", "--lr-warmup-epochs", "0.5", "--no-progress",
+                             "--out-dir", str(search_dir)],
+                            lambda: (search_dir / "arch.json").is_file())
 
     summary["passed"] = bool(ok)
     print(json.dumps({k: v for k, v in summary.items() if k != "checks"} | {

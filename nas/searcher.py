@@ -365,8 +365,10 @@ class Searcher:
                 bar.update(1, self._postfix(sums, counts, warmup))
             bar.close()
             summary = {k: sums[k] / counts[k] for k in sums}
+            seconds = time.time() - start
             summary.update(self._status(), epoch=epoch, phase="warmup" if warmup else "search",
-                           seconds=round(time.time() - start, 2))
+                           seconds=round(seconds, 2), weight_steps_per_s=round(min(steps, len(train_loader)) /
+                                                                               max(seconds, 1e-9), 3))
             self.history.append(summary)
             self.epoch += 1
             self._log_epoch(summary)
@@ -402,7 +404,8 @@ class Searcher:
 
     def _log_epoch(self, summary: dict[str, Any]) -> None:
         unit = self.costs.unit
-        text = (f"epoch {summary['epoch'] + 1} ({summary['phase']}, {summary['seconds']:.0f} s): "
+        rate = f", {summary['weight_steps_per_s']:.2f} weight steps/s" if "weight_steps_per_s" in summary else ""
+        text = (f"epoch {summary['epoch'] + 1} ({summary['phase']}, {summary['seconds']:.0f} s{rate}): "
                 f"{format_losses(summary)}")
         if "expected" in summary:
             text += f", L_lat {summary['lat_loss']:.4f}, E(step) {summary['expected']:.3f} {unit}"

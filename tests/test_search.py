@@ -173,12 +173,24 @@ def test_malformed_table_is_reported_with_file_and_line(tmp_path) -> None:
     assert bad.read_text().startswith('{"meta"')  # untouched
 
 
-def test_two_process_gloo_search_runs(tiny, tmp_path) -> None:
+@pytest.mark.parametrize(("port", "remedies"), [(29531, ["--no-sandwich", "--distill", "0"]),
+                                               (29533, ["--sandwich", "--distill", "1", "--lr-schedule", "cosine"])])
+def test_two_process_gloo_search_runs(tiny, tmp_path, port, remedies) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(ROOT / "search.py"), "--latency-table", str(tiny["table"]), "--target", "5", "--space",
-           str(tiny["space"]), "--warmup-epochs", "1", "--search-epochs", "1", "--out-dir", str(out), *QUICK]
+           str(tiny["space"]), "--warmup-epochs", "1", "--search-epochs", "1", "--out-dir", str(out), *QUICK,
+           *remedies]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "arch.json").is_file()
+
+
+def test_distillation_without_the_sandwich_rule_is_refused_before_anything_is_written(tiny, tmp_path) -> None:
+    out = tmp_path / "refused"
+    done = subprocess.run([sys.executable, str(ROOT / "search.py"), "--latency-table", str(tiny["table"]),
+                           "--target", "5", "--space", str(tiny["space"]), "--no-sandwich", "--distill", "1",
+                           "--out-dir", str(out), *QUICK], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--distill 1 needs the sandwich rule" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
