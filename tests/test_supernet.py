@@ -194,8 +194,9 @@ def test_search_weight_steps_leave_unsampled_candidates_bit_for_bit(tmp_path) ->
                               out_dir=str(tmp_path), progress=False)
     searcher = Searcher(space, edge_costs(space, table), settings, DistInfo(), logging.getLogger("test"))
     sampled: list[list[tuple[int, tuple[int, ...]]]] = []
-    sample = searcher._sample
-    searcher._sample = lambda kind: sampled.append(sample(kind)) or sampled[-1]  # type: ignore[method-assign]
+    paths_of_step = searcher._weight_paths
+    searcher._weight_paths = (  # type: ignore[method-assign]
+        lambda warmup: sampled.append(paths_of_step(warmup)[0]) or [sampled[-1]])
     face = [0.2, 0.2, 0.6, 0.6, 0.3, 0.3, 0.5, 0.3, 0.4, 0.4, 0.3, 0.5, 0.5, 0.5, 1.0]
     batch = (torch.randn(2, 3, 64, 64), torch.tensor([[face], [face]]))
 
