@@ -247,7 +247,7 @@ def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]
                          f"{stats['tau']:+.2f} | [{stats['low']:+.2f}, {stats['high']:+.2f}] | {stats['p']:.3f} | "
                          f"{stats['inherited_range'][0]:.1f}-{stats['inherited_range'][1]:.1f} |")
         report["variants"][name] = entry
-        scatter_plot(out, name, rank, report["networks"])
+        scatter_plot(out, name, rank, report["networks"], entry)
     atomic_write_json(out / "report.json", report)
     rows = ["| network | set | predicted ms | stand-alone AP per seed | mean |", "|---|---|---|---|---|"]
     for r in report["networks"]:
@@ -263,7 +263,8 @@ def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]
     return report
 
 
-def scatter_plot(out: Path, name: str, rank: dict[str, Any], networks: list[dict[str, Any]]) -> None:
+def scatter_plot(out: Path, name: str, rank: dict[str, Any], networks: list[dict[str, Any]],
+                 entry: dict[str, Any]) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for s, colour in (("spread", "tab:blue"), ("equal", "tab:orange")):
@@ -277,7 +278,9 @@ def scatter_plot(out: Path, name: str, rank: dict[str, Any], networks: list[dict
         ax.errorbar(xs, ys, xerr=err, fmt="o", color=colour, capsize=3, label=f"{s} set ({len(rows)})")
     ax.set_xlabel("stand-alone mean AP (%, bars: min-max over seeds)")
     ax.set_ylabel("inherited mean AP of the supernet path (%)")
-    ax.set_title(f"Supernet ranking, variant '{name}'", fontsize=10)
+    taus = ", ".join(f"{s} tau {entry[s]['tau']:+.2f} [{entry[s]['low']:+.2f}, {entry[s]['high']:+.2f}]"
+                     for s in ("spread", "equal") if s in entry)
+    ax.set_title(f"Supernet ranking, variant '{name}' (space R5_V2, built-in data)\n{taus}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, out / f"ranking_{name}.png", dpi=110, tight=True)
