@@ -55,6 +55,9 @@ from utils.figures import pyplot, save_figure
 from utils.progress import Progress
 
 CHECKPOINT_FORMAT = "facenas-search/1"
+# what a checkpoint without the supernet-training options (before 2026-12-07) was trained with
+PRE_REMEDY_SETTINGS = {"lr_schedule": "constant", "lr_warmup_epochs": 0.0, "sandwich": False, "sandwich_random": 2,
+                       "distill": 0.0}
 # settings a resumed search may change (the thesis resumes from warm-up to try other targets or lambdas)
 # (the global batch stays; the number of processes, and with it the per-process share, may change)
 RESUMABLE_CHANGES = {"target", "lam", "p1", "loss_form", "arch_lr", "search_epochs", "two_path", "arch_every",
@@ -445,7 +448,9 @@ class Searcher:
         if state["space"] != self.space.to_dict():
             raise FaceNASError(f"{path}: was written for search space {state['space'].get('name')!r}, not "
                                f"{self.space.name!r}; resume with the same --space and options")
-        old, new = state["settings"], asdict(self.s)
+        # checkpoints written before these settings existed trained with what they now mean by default
+        old = {**PRE_REMEDY_SETTINGS, **state["settings"]}
+        new = asdict(self.s)
         changed = sorted(k for k in new if k in old and old[k] != new[k] and k != "extra")
         blocked = [k for k in changed if k not in RESUMABLE_CHANGES]
         if blocked:

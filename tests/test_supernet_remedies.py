@@ -64,7 +64,7 @@ def test_distillation_loss_is_zero_for_the_teacher_and_trains_only_the_student()
     student = tuple(torch.randn_like(t).requires_grad_() for t in teacher)
     teacher_leaf = tuple(t.clone().requires_grad_() for t in teacher)
     loss = distillation_loss(student, teacher_leaf, positives=5)
-    assert float(loss) > 0
+    assert float(loss.detach()) > 0
     loss.backward()
     assert all(t.grad is None for t in teacher_leaf)  # the teacher is detached
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
@@ -150,3 +150,15 @@ def test_cosine_schedule_sets_the_weight_rate_each_step(tmp_path) -> None:
     searcher.epoch = 1
     searcher.weight_step(_batch(), warmup=False, fraction=0.5)
     assert searcher.weight_opt.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_a_checkpoint_from_before_the_remedies_resumes_only_with_what_it_was_trained_with(tmp_path) -> None:
+    old = _searcher(tmp_path / "old")
+    old.save_checkpoint()
+    state = torch.load(tmp_path / "old" / "last.pth", weights_only=False)
+    for key in ("lr_schedule", "lr_warmup_epochs", "sandwich", "sandwich_random", "distill"):
+        del state["settings"][key]  # as written before these settings existed
+    torch.save(state, tmp_path / "old" / "last.pth")
+    with pytest.raises(FaceNASError, match="lr_schedule 'constant' -> 'cosine'"):
+        _searcher(tmp_path / "new", lr_schedule="cosine").load_checkpoint(tmp_path / "old" / "last.pth")
+    assert _searcher(tmp_path / "same").load_checkpoint(tmp_path / "old" / "last.pth") == []
