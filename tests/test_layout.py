@@ -78,4 +78,5 @@ def test_packages_import_only_what_they_stand_on():
 
 def test_nas_holds_only_the_search():
     assert sorted(p.stem for p in (ROOT / "nas").glob("*.py")) == [
-        "__init__", "derive", "latency_loss", "mixed_edge", "searcher", "supernet"]
+        "__init__", "derive", "distill", "inherited", "latency_loss", "mixed_edge", "recalibrate", "sandwich",
+        "searcher", "supernet"]

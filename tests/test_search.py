@@ -75,9 +75,11 @@ def test_mission_command_on_a_tiny_configuration_completes_and_loads(tiny) -> No
 
 
 def test_resumed_search_gives_the_same_arch_as_an_uninterrupted_one(tiny) -> None:
+    # Extending a run epoch by epoch only equals one uninterrupted run under a constant rate: a cosine decay is
+    # stretched over the epochs asked for, so it is tested below with the same epochs, resumed mid-way.
     low, high = _range(tiny["table"], tiny["space"])
     common = ["--latency-table", str(tiny["table"]), "--target", f"{low + 0.3 * (high - low)}", "--space",
-              str(tiny["space"]), "--warmup-epochs", "1", "--seed", "7", *QUICK]
+              str(tiny["space"]), "--warmup-epochs", "1", "--seed", "7", "--lr-schedule", "constant", *QUICK]
     whole, parts = tiny["folder"] / "whole", tiny["folder"] / "parts"
     _search(common + ["--search-epochs", "2", "--out-dir", str(whole), "--save-every", "1"])
     assert sorted(p.name for p in whole.glob("epoch_*.pth")) == [f"epoch_{i:04d}.pth" for i in (1, 2, 3)]
@@ -93,6 +95,23 @@ def test_resumed_search_gives_the_same_arch_as_an_uninterrupted_one(tiny) -> Non
         assert a["stages"] == b["stages"]
         assert a["meta"]["probabilities"] == b["meta"]["probabilities"]
     assert a["meta"]["probabilities"] != json.loads((parts / "history.json").read_text())[0]["probs"]
+
+
+def test_resumed_cosine_search_with_the_same_epochs_matches_the_uninterrupted_one(tiny) -> None:
+    low, high = _range(tiny["table"], tiny["space"])
+    common = ["--latency-table", str(tiny["table"]), "--target", f"{low + 0.3 * (high - low)}", "--space",
+              str(tiny["space"]), "--warmup-epochs", "1", "--search-epochs", "2", "--seed", "7", "--lr-schedule",
+              "cosine", *QUICK]
+    whole = tiny["folder"] / "cos_whole"
+    _search(common + ["--out-dir", str(whole), "--save-every", "1"])
+    for start in ("epoch_0001.pth", "epoch_0002.pth"):
+        resumed = tiny["folder"] / f"cos_from_{start[:-4]}"
+        _search(common + ["--out-dir", str(resumed), "--resume", str(whole / start)])
+        a, b = (json.loads((d / "arch.json").read_text()) for d in (whole, resumed))
+        assert a["stages"] == b["stages"]
+        assert a["meta"]["probabilities"] == b["meta"]["probabilities"]
+    lrs = [row["lr"] for row in json.loads((whole / "history.json").read_text())]
+    assert lrs[-1] < lrs[0], lrs  # the rate decays: the cosine schedule is really on
 
 
 def test_changing_the_space_on_resume_is_refused(tiny, tmp_path) -> None:
