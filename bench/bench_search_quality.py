@@ -28,6 +28,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import random
 import shlex
 import statistics
@@ -59,13 +60,17 @@ PHASES = ("search", "draw", "train", "rank", "measure", "report")
 SETTINGS = ("easy", "medium", "hard", "mean")
 
 
-def run(command: list[str], log: Path) -> None:
-    """Run a command from the repository root, its output appended to ``log``; raise on failure."""
+def run(command: list[str], log: Path, threads: int | None = None) -> None:
+    """Run a command from the repository root, its output appended to ``log``; raise on failure.
+
+    ``threads`` sets the intra-op thread count of a command without a ``--threads`` option (``OMP_NUM_THREADS``).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("a", encoding="utf-8") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
-        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
 
@@ -77,15 +82,21 @@ def search_dir(out: Path, index: int, seed: int) -> Path:
 
 
 def phase_search(args: argparse.Namespace, out: Path) -> None:
+    """The searches, ``--jobs`` at a time with ``--threads`` threads each (resumed from ``last.pth``)."""
+    jobs = []
     for index, seed in enumerate(args.search_seeds):
         folder = search_dir(out, index, seed)
         if (folder / "arch.json").is_file():
             continue
         resume = ["--resume"] if (folder / "last.pth").is_file() else []
-        run([sys.executable, "search.py", "--latency-table", str(args.table), "--target", f"{args.target:g}",
-             "--space", args.space, "--out-dir", str(folder), "--seed", str(seed), "--no-progress", *resume,
-             *(["--data-root", args.data_root] if args.data_root else []), *shlex.split(args.search_args)],
-            out / "logs" / f"search_s{seed}.log")
+        jobs.append(([sys.executable, "search.py", "--latency-table", str(args.table), "--target", f"{args.target:g}",
+                      "--space", args.space, "--out-dir", str(folder), "--seed", str(seed), "--no-progress", *resume,
+                      *(["--data-root", args.data_root] if args.data_root else []), *shlex.split(args.search_args)],
+                     out / "logs" / f"search_s{seed}.log"))
+    print(f"{len(jobs)} searches to do, {args.jobs} at a time")
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(run, c, log, args.threads) for c, log in jobs]:
+            future.result()
 
 
 def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list[dict[str, Any]]:
@@ -99,6 +110,8 @@ def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list
     low, high = centre * (1 - args.window), centre * (1 + args.window)
     rng = random.Random(args.draw_seed)
     seen, drawn = {tuple(a.meta["choices"]) for a in searches}, []
+    if args.random_from:
+        drawn = reuse_random(args.random_from, table, centre, args.window, args.random, seen)
     draws = 0
     while len(drawn) < args.random and draws < args.max_draws:
         draws += 1
@@ -120,6 +133,8 @@ def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list
              "how": f"search seed {seed} + budget derive"}
             for i, (a, seed) in enumerate(zip(searches, args.search_seeds))]
     nets += [{"name": a.name, "kind": "random", "arch": a.to_dict(), "how": how} for a, how in drawn]
+    if args.random_from:
+        copy_finished_runs(args.random_from, out, [a.name for a, how in drawn if how.startswith("reused")], args)
     for name in args.registered:
         arch = published_arch(name)
         nets.append({"name": arch.name, "kind": "registered", "arch": arch.to_dict(), "how": "registered"})
@@ -129,6 +144,61 @@ def phase_draw(args: argparse.Namespace, out: Path, table: LatencyTable) -> list
     print(f"drew {len(drawn)} random networks within +-{100 * args.window:g}% of {centre:.2f} ms "
           f"({sum(h == 'rejection' for _, h in drawn)} by rejection in {draws} uniform draws)")
     return nets
+
+
+def reuse_random(study: Path, table: LatencyTable, centre: float, window: float, count: int,
+                 seen: set[tuple[int, ...]]) -> list[tuple[Arch, str]]:
+    """Random networks of another study (``--random-from``) whose prediction lies within the window, nearest first.
+
+    Both the random networks of a search-quality study and the equal-latency set of the ranking benchmark qualify:
+    they were drawn the same way (uniform per edge or Gumbel-ranked under the window), independently of any search.
+    """
+    found = []
+    for net in json.loads((study / "networks.json").read_text()):
+        if net.get("kind", "random") != "random" or net.get("set", "equal") != "equal":
+            continue
+        arch = Arch.from_dict(net["arch"])
+        arch.name = net["name"]
+        gap = abs(predict_latency(arch, table) / centre - 1)
+        if gap <= window and tuple(arch.meta["choices"]) not in seen:
+            found.append((gap, arch))
+    found.sort(key=lambda item: item[0])
+    for _, arch in found[:count]:
+        seen.add(tuple(arch.meta["choices"]))
+    return [(arch, f"reused from {study.name}") for _, arch in found[:count]]
+
+
+def same_quick_recipe(config_file: Path, args: argparse.Namespace) -> bool:
+    """Whether a finished run used the recipe this study trains with (the quick preset, no overrides)."""
+    import yaml
+
+    from train import RECIPES
+
+    if args.epochs or args.train_args.strip() or not config_file.is_file():
+        return False
+    config = yaml.safe_load(config_file.read_text())
+    quick = {k.replace("_", "-"): v for k, v in RECIPES["quick"].items()}
+    return config.get("preset") == "quick" and config.get("data-root") == args.data_root and all(
+        config.get(key) == value for key, value in quick.items())
+
+
+def copy_finished_runs(study: Path, out: Path, names: list[str], args: argparse.Namespace) -> None:
+    """Copy the finished training runs (scores, config, log) of reused networks: same recipe, same seed, same
+    result (training is deterministic), so they need not be trained again; the recipe is checked before copying."""
+    import shutil
+
+    for name in names:
+        for run_dir in sorted((study / "train").glob(f"{name}_s*")):
+            if not (run_dir / "eval.json").is_file():
+                continue
+            if not same_quick_recipe(run_dir / "config.yaml", args):
+                print(f"not reusing {run_dir}: its recipe differs from this study's")
+                continue
+            target = out / "train" / run_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for item in ("eval.json", "config.yaml", "train.log"):
+                if (run_dir / item).is_file():
+                    shutil.copy2(run_dir / item, target / item)
 
 
 def _gumbel(rng: random.Random) -> float:
@@ -141,7 +211,7 @@ def phase_train(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]])
         arch_file = out / "archs" / f"{net['name']}.json"
         if not arch_file.is_file():
             Arch.from_dict(net["arch"]).save(arch_file)
-        for seed in args.seeds:
+        for seed in seeds_of(args, net):
             run_dir = out / "train" / f"{net['name']}_s{seed}"
             if (run_dir / "eval.json").is_file():
                 continue
@@ -160,6 +230,13 @@ def phase_train(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]])
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in [pool.submit(run, c, log) for c, log in jobs]:
             future.result()
+
+
+def seeds_of(args: argparse.Namespace, net: dict[str, Any]) -> list[int]:
+    """Training seeds of a network: the reference networks may use fewer (``--registered-seeds``)."""
+    if net["kind"] == "registered" and args.registered_seeds is not None:
+        return args.registered_seeds
+    return args.seeds
 
 
 def phase_rank(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]) -> None:
@@ -210,7 +287,7 @@ def phase_report(args: argparse.Namespace, out: Path, nets: list[dict[str, Any]]
     rows = []
     for net in nets:
         aps = []
-        for seed in args.seeds:
+        for seed in seeds_of(args, net):
             result = out / "train" / f"{net['name']}_s{seed}" / "eval.json"
             if result.is_file():
                 aps.append({s: 100 * json.loads(result.read_text())[s] for s in SETTINGS})
@@ -340,11 +417,16 @@ def main() -> None:
     parser.add_argument("--registered", nargs="*", default=["R12_V3_HS", "R11_V2_HS", "mobilenetv1_0.25"],
                         help="registered networks trained alongside")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds of every network")
+    parser.add_argument("--registered-seeds", type=int, nargs="*", default=None,
+                        help="training seeds of the registered networks (reference points; default: --seeds)")
+    parser.add_argument("--random-from", type=Path, default=None,
+                        help="take random networks within the window from this study folder (a search-quality study "
+                             "or the ranking benchmark's equal set) and copy their finished runs; the rest are drawn")
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: the quick preset's 6)")
     parser.add_argument("--search-seeds", type=int, nargs="+", default=[0], help="seeds of the searches (each gives "
                         "one searched network)")
-    parser.add_argument("--threads", type=int, default=1, help="threads per training run")
-    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="threads per training run (and search)")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs (and searches) at a time")
     parser.add_argument("--bn-batches", type=int, default=20, help="training batches that recompute BatchNorm "
                                                                    "statistics of a supernet path")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the latency measurement")
