@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from models.export import NmsSettings, check_onnx, check_summary, export_onnx, largest_difference
+    from deploy.onnx_export import NmsSettings, check_onnx, check_summary, export_onnx, largest_difference
     from utils.atomic import atomic_write
 
     if args.threads is not None:

@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/anchor.py, latency/runtimes.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/anchor.py, deploy/onnx_graph.py, deploy/onnx_runtime.py, deploy/openvino_runtime.py, deploy/registry.py, latency/runtimes.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -3929,30 +3929,12 @@ def start_anchor(meta: dict[str, Any], keys: list[str], wanted: bool,
 # -------------------------------------------------- end latency/anchor.py
 
 
-# -------------------------------------------------- begin latency/runtimes.py
-"""Latency in the runtime a network is deployed with: eager PyTorch, ONNX Runtime or OpenVINO, one protocol.
+# -------------------------------------------------- begin deploy/onnx_graph.py
+"""ONNX graphs from PyTorch modules: the one place that calls ``torch.onnx.export``.
 
-A module (a block in deploy form, or a whole backbone's feature path) is exported to an ONNX graph in memory with
-static shapes (:func:`export_module_onnx`, the TorchScript-based exporter), loaded into the runtime
-(:func:`build_runtime_module`) and timed by :func:`latency.measure.measure_module` itself, through
-:class:`RuntimeModule`, an ``nn.Module`` whose call runs the runtime: the same warm-up, samples, trimmed mean,
-median / p10 / p90, ``first5_ms`` and ``max_first5_ms`` abort, garbage collector off, and the same result dict.
-
-Runtime settings:
-
-* ``onnxruntime``: execution provider ``CPUExecutionProvider`` unless another is named (``cuda``, ``tensorrt``, any
-  provider name; CUDA and TensorRT times include the copies of input and outputs between host and device, as a
-  deployed ``session.run`` pays them), graph-optimisation level ``all`` unless ``disable`` / ``basic`` /
-  ``extended`` is named, intra-op threads = the table's threads, inter-op threads 1, sequential execution,
-  denormals flushed to zero (as the PyTorch protocol does);
-* ``openvino``: device ``CPU`` unless another is named, ``INFERENCE_NUM_THREADS`` = the table's threads,
-  ``PERFORMANCE_HINT`` ``LATENCY`` (one stream), ``INFERENCE_PRECISION_HINT`` ``f32`` (OpenVINO would otherwise
-  pick bf16 on CPUs that have it), denormals flushed; OpenVINO has no optimisation levels;
-* ``torch``: the module itself, eager, as :func:`latency.measure.measure_module` always measured it.
-
-:func:`runtime_info` gives the runtime's name, version, provider, optimisation level and threads for a table's
-metadata. The runtimes are imported when first needed: a missing one is a one-line :class:`FaceNASError` saying what
-to ``pip install`` (torch's ONNX exporter needs the ``onnx`` package as well).
+The TorchScript-based exporter is used (``dynamo=False`` where the keyword exists): it needs only the ``onnx``
+package, and it writes ``torchvision.ops.nms`` as ONNX ``NonMaxSuppression``. Its deprecation notice and tracer notes
+about shape arithmetic are silenced; any failure is one :class:`FaceNASError` line.
 
 Python 3.8 syntax, torch and the standard library only at import time: ``profile_latency.py`` embeds this file.
 """
@@ -3961,17 +3943,98 @@ import importlib
 import inspect
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 
-#: The runtimes a table can be measured in.
-RUNTIME_CHOICES = ("torch", "onnxruntime", "openvino")
-#: Python packages each runtime needs besides torch (the exporter needs ``onnx``), as pip names them.
-RUNTIME_PACKAGES = {"torch": (), "onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+#: ONNX opset of every graph (17: ONNX 1.12, 2022); older runtimes need a lower one (13 for TensorRT 8.2).
+DEFAULT_OPSET = 17
+
+
+def require_packages(packages: Sequence[str], what: str) -> dict[str, Any]:
+    """Import Python packages by their pip names; a one-line error says which to ``pip install``.
+
+    Args:
+        packages: module names (equal to their pip names for every runtime used here).
+        what: what needs them, for the message (e.g. ``runtime onnxruntime``).
+
+    Raises:
+        FaceNASError: one or more of them is not installed.
+    """
+    modules, missing = {}, []
+    for package in packages:
+        try:
+            modules[package] = importlib.import_module(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise FaceNASError(f"{what} needs the Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)}, "
+                           f"not installed here: pip install {' '.join(missing)}")
+    return modules
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, input_names: Sequence[str] = ("input",),
+                 output_names: Sequence[str] | None = None, opset: int = DEFAULT_OPSET,
+                 dynamic_axes: dict[str, dict[int, str]] | None = None, label: str = "") -> bytes:
+    """The module (eval mode) traced on ``example`` as ONNX bytes, shapes static unless ``dynamic_axes`` say not.
+
+    Args:
+        module: what to export; it is put in eval mode.
+        example: the trace input.
+        input_names, output_names: graph names (outputs: the exporter's own when ``None``).
+        opset: ONNX opset.
+        dynamic_axes: ``torch.onnx.export``'s argument (``None``: static shapes).
+        label: names the module in an error (default: its class and the input shape).
+
+    Raises:
+        FaceNASError: ``onnx`` is missing, or the exporter fails (an operator or opset it cannot write).
+    """
+    require_packages(["onnx"], "exporting to ONNX")
+    module = module.eval()
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        options["dynamo"] = False
+    if output_names is not None:
+        options["output_names"] = list(output_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.no_grad():
+                torch.onnx.export(module, (example,), buffer, input_names=list(input_names), opset_version=int(opset),
+                                  dynamic_axes=dynamic_axes, do_constant_folding=True, **options)
+        except Exception as exc:  # noqa: BLE001 - an operator or opset this torch cannot export: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            name = label or f"{type(module).__name__} {list(example.shape)}"
+            raise FaceNASError(f"ONNX export of {name} at opset {opset} failed: {first[:300]}") from None
+    return buffer.getvalue()
+# -------------------------------------------------- end deploy/onnx_graph.py
+
+
+# -------------------------------------------------- begin deploy/onnx_runtime.py
+"""ONNX Runtime as a deploy target: sessions for timing, running and checking ONNX graphs, and what a table records.
+
+Settings (one place for the profiler, the parity check and the detector that evaluates an export): execution
+provider ``CPUExecutionProvider`` unless another is named (short names: ``cpu``, ``cuda``, ``tensorrt``, ...; a GPU
+provider falls back to the CPU for operators it lacks), graph-optimisation level ``all`` unless ``disable`` /
+``basic`` / ``extended`` is named, intra-op threads as asked (default: PyTorch's setting), inter-op threads 1,
+sequential execution, denormals flushed to zero (as the PyTorch timing protocol does), errors-only logging.
+
+Python 3.8 syntax, torch and the standard library only at import time: ``profile_latency.py`` embeds this file.
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+#: Python packages the runtime needs (the exporter needs ``onnx``), as pip names them.
+ORT_PACKAGES = ("onnx", "onnxruntime")
 #: Short names of ONNX Runtime execution providers.
 ORT_PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
@@ -3981,77 +4044,138 @@ ORT_PROVIDER_ALIASES = {
 #: ONNX Runtime graph-optimisation levels by their short names.
 ORT_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                            "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-#: ONNX opset of the measured graphs (17: ONNX 1.12, 2022).
-RUNTIME_OPSET = 17
+_PROVIDER_HINTS = {"CUDAExecutionProvider": " (pip install onnxruntime-gpu; on a Jetson the Jetson Zoo wheel)",
+                   "TensorrtExecutionProvider": " (an onnxruntime-gpu build with TensorRT, e.g. the Jetson Zoo wheel)",
+                   "OpenVINOExecutionProvider": " (pip install onnxruntime-openvino)"}
 
 
-def require_runtime(runtime: str) -> Any:
-    """Import a runtime's Python package (``None`` for torch); a one-line error names what to pip install.
-
-    Raises:
-        FaceNASError: unknown runtime, or one of its packages is missing.
-    """
-    if runtime not in RUNTIME_PACKAGES:
-        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
-    missing = []
-    modules = {}
-    for package in RUNTIME_PACKAGES[runtime]:
-        try:
-            modules[package] = importlib.import_module(package)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        raise FaceNASError(f"runtime {runtime} needs the Python package{'s' if len(missing) > 1 else ''} "
-                           f"{', '.join(missing)}, not installed here: pip install {' '.join(missing)}")
-    return modules.get(runtime)
+def import_onnxruntime(what: str = "runtime onnxruntime") -> Any:
+    """The ``onnxruntime`` module (a one-line error saying what to pip install when it is missing)."""
+    return require_packages(["onnxruntime"], what)["onnxruntime"]
 
 
-def export_module_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = RUNTIME_OPSET) -> bytes:
-    """The module as ONNX bytes with static shapes (traced on ``torch.randn(input_shape)``, eval mode).
-
-    Uses the TorchScript-based exporter (``dynamo=False`` where the keyword exists), which needs the ``onnx`` package.
-    """
-    try:
-        importlib.import_module("onnx")
-    except ImportError:
-        raise FaceNASError("exporting to ONNX needs the Python package onnx, not installed here: pip install onnx") \
-            from None
-    module = module.eval()
-    buffer = io.BytesIO()
-    options = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        options["dynamo"] = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer notes
-        try:
-            with torch.no_grad():
-                torch.onnx.export(module, (torch.randn(tuple(input_shape)),), buffer, input_names=["input"],
-                                  opset_version=int(opset), do_constant_folding=True, **options)
-        except Exception as exc:  # noqa: BLE001 - an operator or opset this torch cannot export: one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise FaceNASError(f"ONNX export of {type(module).__name__} {list(input_shape)} at opset {opset} "
-                               f"failed: {first[:300]}") from None
-    return buffer.getvalue()
-
-
-def _ort_provider(ort: Any, provider: str | None) -> str:
+def ort_provider(ort: Any, provider: str | None) -> str:
+    """Full name of an execution provider (short or full name; default the CPU) that this ONNX Runtime has."""
     name = ORT_PROVIDER_ALIASES.get((provider or "cpu").lower(), provider or "CPUExecutionProvider")
     available = ort.get_available_providers()
     if name not in available:
-        hint = {"CUDAExecutionProvider": " (pip install onnxruntime-gpu; on a Jetson the Jetson Zoo wheel)",
-                "TensorrtExecutionProvider": " (an onnxruntime-gpu build with TensorRT, e.g. the Jetson Zoo wheel)",
-                "OpenVINOExecutionProvider": " (pip install onnxruntime-openvino)"}.get(name, "")
-        raise FaceNASError(f"ONNX Runtime {ort.__version__} here has no {name}{hint}; available: "
-                           f"{', '.join(available)}")
+        raise FaceNASError(f"ONNX Runtime {ort.__version__} here has no {name}{_PROVIDER_HINTS.get(name, '')}; "
+                           f"available: {', '.join(available)}")
     return name
 
 
-def _ort_level(graph_optimization: str | None) -> str:
+def ort_level(graph_optimization: str | None) -> str:
+    """A graph-optimisation level's short name (default ``all``), checked."""
     level = (graph_optimization or "all").lower()
     if level not in ORT_OPTIMIZATION_LEVELS:
         raise FaceNASError(f"ONNX Runtime graph optimisation {graph_optimization!r} is not one of "
                            f"{', '.join(ORT_OPTIMIZATION_LEVELS)}")
     return level
+
+
+class OrtSession:
+    """An ONNX graph in an ONNX Runtime session with the settings of this module's docstring.
+
+    Args:
+        source: the graph as bytes, or the path of an ``.onnx`` file.
+        threads: intra-op threads (default: PyTorch's current setting).
+        provider: execution provider, short or full name (default: the CPU).
+        graph_optimization: level (default ``all``).
+        device_id: GPU index for the CUDA and TensorRT providers.
+        label: names the graph in errors (default: the path, or "the graph").
+
+    Raises:
+        FaceNASError: onnxruntime missing, a provider or level it lacks, or a graph it cannot load.
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, source: bytes | str | os.PathLike, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None, device_id: int = 0, label: str = ""):
+        ort = import_onnxruntime()
+        self.threads = int(threads or torch.get_num_threads())
+        if self.threads < 1:
+            raise FaceNASError(f"threads must be >= 1, not {threads}")
+        self.provider = ort_provider(ort, provider)
+        self.graph_optimization = ort_level(graph_optimization)
+        self.version = str(ort.__version__)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   ORT_OPTIMIZATION_LEVELS[self.graph_optimization])
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        options.log_severity_level = 3  # errors only: no notes about unused initialisers
+        providers = [self.provider] if self.provider == "CPUExecutionProvider" else \
+            [self.provider, "CPUExecutionProvider"]  # operators a GPU provider lacks fall back to the CPU
+        provider_options = [{"device_id": int(device_id)} if name in ("CUDAExecutionProvider",
+                                                                      "TensorrtExecutionProvider") else {}
+                            for name in providers]
+        where = label or (str(source) if not isinstance(source, bytes) else "the graph")
+        try:
+            self.session = ort.InferenceSession(source if isinstance(source, bytes) else str(source),
+                                                sess_options=options, providers=providers,
+                                                provider_options=provider_options)
+        except Exception as exc:  # noqa: BLE001 - protobuf / graph / operator errors: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FaceNASError(f"{where}: ONNX Runtime cannot load it ({first[:300]}; onnxruntime {self.version})") \
+                from None
+        self.input_names = [item.name for item in self.session.get_inputs()]
+        self.output_names = [item.name for item in self.session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, array: Any) -> Any:
+        """Run the graph on one input (a float32 numpy array); the runtime's raw outputs, not copied."""
+        return self.session.run(self.output_names, {self.input_names[0]: array})
+
+    def outputs(self, raw: Any) -> list[Any]:
+        """The outputs of :meth:`run` as a list of numpy arrays, in graph order."""
+        return list(raw)
+
+    def describe(self) -> str:
+        return f"onnxruntime {self.version}, {self.provider}, optimisation {self.graph_optimization}, " \
+               f"{self.threads} threads"
+
+
+def ort_runtime_info(provider: str | None = None, graph_optimization: str | None = None, threads: int | None = None,
+                     opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """What a table measured in ONNX Runtime records about it (and compares before it is reused)."""
+    modules = require_packages(ORT_PACKAGES, "runtime onnxruntime")
+    ort = modules["onnxruntime"]
+    return {"runtime": "onnxruntime", "runtime_version": str(ort.__version__),
+            "execution_provider": ort_provider(ort, provider), "graph_optimization": ort_level(graph_optimization),
+            "threads": int(threads or torch.get_num_threads()), "inter_op_threads": 1, "precision": "float32",
+            "onnx_opset": int(opset), "onnx_version": str(modules["onnx"].__version__),
+            "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"}
+
+
+def ort_available_providers() -> Sequence[str]:
+    """Execution providers of the installed ONNX Runtime."""
+    return import_onnxruntime().get_available_providers()
+# -------------------------------------------------- end deploy/onnx_runtime.py
+
+
+# -------------------------------------------------- begin deploy/openvino_runtime.py
+"""OpenVINO as a deploy target: ONNX graphs compiled for a device, and what a table records.
+
+Settings: device ``CPU`` unless another is named, ``INFERENCE_NUM_THREADS`` = the threads asked for,
+``PERFORMANCE_HINT`` ``LATENCY`` (one stream), ``INFERENCE_PRECISION_HINT`` ``f32`` (OpenVINO would otherwise pick
+bf16 on CPUs that have it), denormals flushed. OpenVINO has no graph-optimisation levels.
+
+Python 3.8 syntax, torch and the standard library only at import time: ``profile_latency.py`` embeds this file.
+"""
+
+import importlib
+import inspect
+import io
+from typing import Any
+
+import torch
+
+
+#: Python packages the runtime needs (the exporter needs ``onnx``), as pip names them.
+OV_PACKAGES = ("onnx", "openvino")
 
 
 def _ov_core(ov: Any) -> Any:
@@ -4061,7 +4185,14 @@ def _ov_core(ov: Any) -> Any:
     return core_class()
 
 
-def _ov_device(ov: Any, provider: str | None) -> str:
+def ov_version(ov: Any) -> str:
+    """The installed OpenVINO's version string."""
+    getter = getattr(ov, "get_version", None) or importlib.import_module("openvino.runtime").get_version
+    return str(getter())
+
+
+def ov_device(ov: Any, provider: str | None) -> str:
+    """An OpenVINO device name (default ``CPU``) that this installation has."""
     device = (provider or "CPU").upper()
     available = _ov_core(ov).available_devices
     if device not in available:
@@ -4069,7 +4200,8 @@ def _ov_device(ov: Any, provider: str | None) -> str:
     return device
 
 
-def _ov_check_level(graph_optimization: str | None) -> None:
+def ov_check_level(graph_optimization: str | None) -> None:
+    """OpenVINO has no optimisation levels: anything but unset / ``default`` is refused."""
     if graph_optimization not in (None, "default"):
         raise FaceNASError(f"OpenVINO has no graph-optimisation levels (got {graph_optimization!r}); leave it unset")
 
@@ -4080,25 +4212,178 @@ def _ov_read_onnx(ov: Any, core: Any, onnx_bytes: bytes) -> Any:
     except Exception:  # noqa: BLE001 - older releases read ONNX from memory only through convert_model
         convert = getattr(ov, "convert_model", None)
         if convert is None:
-            raise FaceNASError(f"OpenVINO {_ov_version(ov)} cannot read an ONNX graph from memory; pip install -U "
+            raise FaceNASError(f"OpenVINO {ov_version(ov)} cannot read an ONNX graph from memory; pip install -U "
                                "openvino (2023.1 or later)") from None
         return convert(io.BytesIO(onnx_bytes))
 
 
-def _ov_version(ov: Any) -> str:
-    getter = getattr(ov, "get_version", None) or importlib.import_module("openvino.runtime").get_version
-    return str(getter())
+class OpenVinoSession:
+    """An ONNX graph compiled by OpenVINO with the settings of this module's docstring (same interface as
+    :class:`deploy.onnx_runtime.OrtSession`).
+
+    Args:
+        source: the graph as bytes.
+        threads: inference threads (default: PyTorch's current setting).
+        provider: OpenVINO device (default ``CPU``).
+        graph_optimization: must stay unset.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, source: bytes, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None, device_id: int = 0, label: str = ""):
+        ov = require_packages(["openvino"], "runtime openvino")["openvino"]
+        ov_check_level(graph_optimization)
+        self.threads = int(threads or torch.get_num_threads())
+        if self.threads < 1:
+            raise FaceNASError(f"threads must be >= 1, not {threads}")
+        self.provider = ov_device(ov, provider)
+        self.graph_optimization = "default"
+        self.version = ov_version(ov)
+        core = _ov_core(ov)
+        model = _ov_read_onnx(ov, core, source)
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32", "CPU_DENORMALS_OPTIMIZATION": True} \
+            if self.provider == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = core.compile_model(model, self.provider, config)
+        self.request = self.compiled.create_infer_request()
+        parameters = inspect.signature(self.request.infer).parameters
+        self.share = {"share_inputs": True, "share_outputs": True} if "share_outputs" in parameters else {}
+        self.output_names = [output.get_any_name() for output in self.compiled.outputs]
+
+    def run(self, array: Any) -> Any:
+        """Run the graph on one input (a float32 numpy array); the runtime's raw result, not copied."""
+        return self.request.infer({0: array}, **self.share)
+
+    def outputs(self, raw: Any) -> list[Any]:
+        """The outputs of :meth:`run` as a list of numpy arrays, in graph order."""
+        return [raw[output] for output in self.compiled.outputs]
+
+    def describe(self) -> str:
+        return f"openvino {self.version}, {self.provider}, {self.threads} threads"
+
+
+def ov_runtime_info(provider: str | None = None, graph_optimization: str | None = None, threads: int | None = None,
+                    opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """What a table measured in OpenVINO records about it (and compares before it is reused)."""
+    modules = require_packages(OV_PACKAGES, "runtime openvino")
+    ov = modules["openvino"]
+    ov_check_level(graph_optimization)
+    return {"runtime": "openvino", "runtime_version": ov_version(ov), "execution_provider": ov_device(ov, provider),
+            "graph_optimization": "default", "threads": int(threads or torch.get_num_threads()),
+            "performance_hint": "LATENCY", "precision": "float32", "onnx_opset": int(opset),
+            "onnx_version": str(modules["onnx"].__version__),
+            "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"}
+# -------------------------------------------------- end deploy/openvino_runtime.py
+
+
+# -------------------------------------------------- begin deploy/registry.py
+"""Runtime name -> its backend: the session class, the packages it needs and what a table records about it.
+
+Adding a runtime is one backend file (a session class with ``run`` / ``outputs`` / ``describe`` and the attributes
+``runtime``, ``provider``, ``graph_optimization``, ``threads``, plus a ``runtime_info`` function) and one entry here.
+
+Python 3.8 syntax, torch and the standard library only at import time: ``profile_latency.py`` embeds this file.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+
+
+class Backend(NamedTuple):
+    """One runtime a graph can be deployed to."""
+
+    session: Callable[..., Any]
+    packages: tuple[str, ...]
+    runtime_info: Callable[..., dict[str, Any]]
+
+
+#: Runtimes that run exported graphs (eager ``torch`` is not one: it runs the module itself).
+BACKENDS = {
+    "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info),
+    "openvino": Backend(OpenVinoSession, OV_PACKAGES, ov_runtime_info),
+}
+#: The runtimes a table can be measured in.
+RUNTIME_CHOICES = ("torch", *BACKENDS)
+#: Python packages each runtime needs besides torch, as pip names them.
+RUNTIME_PACKAGES = {"torch": (), **{name: backend.packages for name, backend in BACKENDS.items()}}
+
+
+def require_runtime(runtime: str) -> Any:
+    """Import a runtime's Python package (``None`` for torch); a one-line error names what to pip install.
+
+    Raises:
+        FaceNASError: unknown runtime, or one of its packages is missing.
+    """
+    if runtime not in RUNTIME_PACKAGES:
+        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+    return require_packages(RUNTIME_PACKAGES[runtime], f"runtime {runtime}").get(runtime)
+
+
+def backend(runtime: str) -> Backend:
+    """The backend of a graph runtime (not ``torch``)."""
+    if runtime not in BACKENDS:
+        raise FaceNASError(f"{runtime!r} does not run exported graphs; use one of {', '.join(BACKENDS)}")
+    return BACKENDS[runtime]
+
+
+def open_session(source: Any, runtime: str, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None, **options: Any) -> Any:
+    """A session of ``runtime`` for an ONNX graph (bytes or, for ONNX Runtime, a path)."""
+    require_runtime(runtime)
+    return backend(runtime).session(source, threads, provider, graph_optimization, **options)
+# -------------------------------------------------- end deploy/registry.py
+
+
+# -------------------------------------------------- begin latency/runtimes.py
+"""Latency in the runtime a network is deployed with: eager PyTorch, ONNX Runtime or OpenVINO, one protocol.
+
+A module (a block in deploy form, or a whole backbone's feature path) is exported to an ONNX graph in memory with
+static shapes (:func:`export_module_onnx`, the TorchScript-based exporter), loaded into the runtime
+(:func:`build_runtime_module`) and timed by :func:`latency.measure.measure_module` itself, through
+:class:`RuntimeModule`, an ``nn.Module`` whose call runs the runtime: the same warm-up, samples, trimmed mean,
+median / p10 / p90, ``first5_ms`` and ``max_first5_ms`` abort, garbage collector off, and the same result dict.
+
+Runtime settings are those of the runtime's backend in :mod:`deploy` (:mod:`deploy.onnx_runtime`,
+:mod:`deploy.openvino_runtime`; CUDA and TensorRT times include the copies of input and outputs between host and
+device, as a deployed ``session.run`` pays them), with intra-op threads = the table's threads; ``torch`` is the
+module itself, eager, as :func:`latency.measure.measure_module` always measured it.
+
+:func:`runtime_info` gives the runtime's name, version, provider, optimisation level and threads for a table's
+metadata. The runtimes are imported when first needed: a missing one is a one-line :class:`FaceNASError` saying what
+to ``pip install`` (torch's ONNX exporter needs the ``onnx`` package as well).
+
+Python 3.8 syntax, torch and the standard library only at import time: ``profile_latency.py`` embeds this file.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+#: ONNX opset of the measured graphs.
+RUNTIME_OPSET = DEFAULT_OPSET
+
+
+def export_module_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = RUNTIME_OPSET) -> bytes:
+    """The module as ONNX bytes with static shapes (traced on ``torch.randn(input_shape)``, eval mode; one input
+    named ``input``)."""
+    return export_graph(module, torch.randn(tuple(input_shape)), ("input",), opset=opset,
+                        label=f"{type(module).__name__} {list(input_shape)}")
 
 
 class RuntimeModule(nn.Module):
-    """An ONNX graph loaded into ONNX Runtime or OpenVINO, called like a module.
+    """An ONNX graph loaded into a graph runtime (ONNX Runtime, OpenVINO, ...), called like a module.
 
     ``module(x)`` runs the graph once on ``x`` (CPU float32) and returns the runtime's raw outputs without copying
     them (what :func:`latency.measure.measure_module` times); :meth:`outputs` returns copies as tensors.
 
     Args:
         onnx_bytes: the graph (one input).
-        runtime: ``onnxruntime`` or ``openvino``.
+        runtime: a runtime of :data:`deploy.registry.BACKENDS`.
         threads: intra-op threads (default: PyTorch's current setting).
         provider: ONNX Runtime execution provider (short or full name) or OpenVINO device (default: the CPU).
         graph_optimization: ONNX Runtime level (default ``all``); must stay unset for OpenVINO.
@@ -4107,54 +4392,21 @@ class RuntimeModule(nn.Module):
     def __init__(self, onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
                  graph_optimization: str | None = None):
         super().__init__()
-        backend = require_runtime(runtime)
-        if runtime not in ("onnxruntime", "openvino"):
-            raise FaceNASError(f"RuntimeModule runs onnxruntime or openvino graphs, not {runtime!r}")
+        require_runtime(runtime)
+        if runtime == "torch":
+            raise FaceNASError("RuntimeModule runs exported graphs; the torch runtime runs the module itself")
         self.runtime = runtime
-        self.threads = int(threads or torch.get_num_threads())
-        if self.threads < 1:
-            raise FaceNASError(f"threads must be >= 1, not {threads}")
-        if runtime == "onnxruntime":
-            self.provider = _ort_provider(backend, provider)
-            self.graph_optimization = _ort_level(graph_optimization)
-            options = backend.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = backend.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = getattr(backend.GraphOptimizationLevel,
-                                                       ORT_OPTIMIZATION_LEVELS[self.graph_optimization])
-            options.add_session_config_entry("session.set_denormal_as_zero", "1")
-            options.log_severity_level = 3
-            providers = [self.provider] if self.provider == "CPUExecutionProvider" else \
-                [self.provider, "CPUExecutionProvider"]  # ops a GPU provider lacks fall back to the CPU
-            self.session = backend.InferenceSession(onnx_bytes, sess_options=options, providers=providers)
-            self.input_name = self.session.get_inputs()[0].name
-            self.output_names = [output.name for output in self.session.get_outputs()]
-        else:
-            _ov_check_level(graph_optimization)
-            self.provider = _ov_device(backend, provider)
-            self.graph_optimization = "default"
-            core = _ov_core(backend)
-            model = _ov_read_onnx(backend, core, onnx_bytes)
-            config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_PRECISION_HINT": "f32", "CPU_DENORMALS_OPTIMIZATION": True} \
-                if self.provider == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
-            self.compiled = core.compile_model(model, self.provider, config)
-            self.request = self.compiled.create_infer_request()
-            parameters = inspect.signature(self.request.infer).parameters
-            self.share = {"share_inputs": True, "share_outputs": True} if "share_outputs" in parameters else {}
+        self.session = open_session(onnx_bytes, runtime, threads, provider, graph_optimization)
+        self.threads = self.session.threads
+        self.provider = self.session.provider
+        self.graph_optimization = self.session.graph_optimization
 
     def forward(self, x: torch.Tensor) -> Any:
-        array = x.detach().cpu().numpy()
-        if self.runtime == "onnxruntime":
-            return self.session.run(self.output_names, {self.input_name: array})
-        return self.request.infer({0: array}, **self.share)
+        return self.session.run(x.detach().cpu().numpy())
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The graph's outputs for ``x`` as tensors (copies, safe to keep)."""
-        result = self(x)
-        values = result if self.runtime == "onnxruntime" else [result[out] for out in self.compiled.outputs]
-        return [torch.tensor(value) for value in values]
+        return [torch.tensor(value) for value in self.session.outputs(self(x))]
 
     def extra_repr(self) -> str:
         return f"{self.runtime}, {self.provider}, optimisation {self.graph_optimization}, {self.threads} threads"
@@ -4266,32 +4518,20 @@ def runtime_info(runtime: str, provider: str | None = None, graph_optimization: 
 
     Returns:
         ``runtime``, ``runtime_version``, ``execution_provider``, ``graph_optimization``, ``threads`` (intra-op),
-        and for the ONNX runtimes ``inter_op_threads``, ``precision``, ``onnx_opset``, ``onnx_version``,
-        ``onnx_exporter``.
+        and for the graph runtimes ``precision``, ``onnx_opset``, ``onnx_version``, ``onnx_exporter`` and the
+        runtime's own settings (e.g. ``inter_op_threads``).
 
     Raises:
         FaceNASError: a missing package (what to pip install), or a provider / level / device the runtime lacks.
     """
-    backend = require_runtime(runtime)
+    require_runtime(runtime)
     threads = int(threads or torch.get_num_threads())
     if runtime == "torch":
         if provider is not None or graph_optimization is not None:
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
         return {"runtime": "torch", "runtime_version": str(torch.__version__), "execution_provider": "eager",
                 "graph_optimization": None, "threads": threads}
-    if runtime == "onnxruntime":
-        info = {"runtime": runtime, "runtime_version": str(backend.__version__),
-                "execution_provider": _ort_provider(backend, provider),
-                "graph_optimization": _ort_level(graph_optimization), "threads": threads, "inter_op_threads": 1}
-    else:
-        _ov_check_level(graph_optimization)
-        info = {"runtime": runtime, "runtime_version": _ov_version(backend),
-                "execution_provider": _ov_device(backend, provider), "graph_optimization": "default",
-                "threads": threads, "performance_hint": "LATENCY"}
-    info.update({"precision": "float32", "onnx_opset": int(opset),
-                 "onnx_version": str(importlib.import_module("onnx").__version__),
-                 "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"})
-    return info
+    return backend(runtime).runtime_info(provider, graph_optimization, threads, opset)
 
 
 # ------------------------------------------------------------------------------------ a table's own runtime

@@ -27,9 +27,9 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import models  # noqa: E402  (registers the facenas_* models)
+from deploy.onnx_export import NmsSettings, check_onnx, export_onnx, largest_difference  # noqa: E402
 from export import parse_shape  # noqa: E402
 from latency.measure import cpu_model  # noqa: E402
-from models.export import NmsSettings, check_onnx, export_onnx, largest_difference  # noqa: E402
 from utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.progress import Progress  # noqa: E402

@@ -38,8 +38,9 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import models  # noqa: E402  (registers the facenas_* models)
+from deploy.registry import RUNTIME_CHOICES  # noqa: E402
 from latency.measure import cpu_model, load_average, measure_interleaved, protocol_defaults  # noqa: E402
-from latency.runtimes import RUNTIME_CHOICES, build_runtime_module, export_module_onnx, runtime_info  # noqa: E402
+from latency.runtimes import build_runtime_module, export_module_onnx, runtime_info  # noqa: E402
 from models.backbone import deploy_form  # noqa: E402
 from utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.errors import FaceNASError, run_cli  # noqa: E402

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from deploy.onnx_export import DETECTION_COLUMNS, DETECTOR_OUTPUTS, INPUT_NAME, NMS_OUTPUTS, ONNX_FORMAT
+from deploy.onnx_runtime import OrtSession
 from models.anchors import select_detections
-from models.export import DETECTION_COLUMNS, DETECTOR_OUTPUTS, INPUT_NAME, NMS_OUTPUTS, ONNX_FORMAT
 from utils.errors import FaceNASError
 
 #: ONNX Runtime execution provider per torch device type.
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "cpu", "cuda": "cuda"}
 #: metadata key -> keyword of ``detect`` it fixes, for exports with NMS
 BAKED_SETTINGS = {"score_threshold": float, "nms_threshold": float, "top_k": int, "keep_top_k": int}
 
@@ -41,30 +42,21 @@ class OnnxDetector(nn.Module):
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None):
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise FaceNASError("running an .onnx model needs ONNX Runtime: pip install onnxruntime") from None
         self.path = Path(path)
         if not self.path.is_file():
             raise FaceNASError(f"{self.path}: ONNX file not found")
         dev = torch.device(device)
-        provider = PROVIDERS.get(dev.type)
-        if provider is None or provider not in ort.get_available_providers():
-            hint = " (pip install onnxruntime-gpu, or use --device cpu)" if dev.type == "cuda" else ""
-            raise FaceNASError(f"{self.path}: ONNX Runtime here has no provider for device {str(dev)!r}{hint}; "
-                               f"available: {', '.join(ort.get_available_providers())}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        provider_options = [{"device_id": dev.index or 0}] if dev.type == "cuda" else [{}]
+        if dev.type not in PROVIDERS:
+            raise FaceNASError(f"{self.path}: ONNX Runtime runs on cpu or cuda, not on device {str(dev)!r}")
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=[provider],
-                                                provider_options=provider_options)
-        except Exception as exc:  # noqa: BLE001 - protobuf / graph errors all mean "not a usable ONNX file"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise FaceNASError(f"{self.path}: ONNX Runtime cannot load it ({first[:200]})") from None
+            self.runner = OrtSession(self.path, threads, PROVIDERS[dev.type], device_id=dev.index or 0,
+                                     label=str(self.path))
+        except FaceNASError as exc:
+            message = str(exc)
+            hint = " (or use --device cpu)" if dev.type == "cuda" and "no CUDAExecutionProvider" in message else ""
+            raise FaceNASError(message if message.startswith(str(self.path)) else f"{self.path}: {message}{hint}") \
+                from None
+        self.session = self.runner.session
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.kind = self.metadata.get("facenas.kind")
         if self.metadata.get("facenas.format") != ONNX_FORMAT:
@@ -79,8 +71,8 @@ class OnnxDetector(nn.Module):
             raise FaceNASError(f"{self.path}: outputs {have}, expected {self.output_names}")
         self.baked = {key: kind(float(self.metadata[f"facenas.{key}"])) for key, kind in BAKED_SETTINGS.items()
                       if f"facenas.{key}" in self.metadata}
-        self.provider = self.session.get_providers()[0]
-        version = getattr(ort, "__version__", "?")
+        self.provider = self.runner.provider
+        version = self.runner.version
         what = "detector with NMS in the graph" if self.kind == "detector_nms" else "detector"
         self.description = (f"{self.metadata.get('facenas.model', '?')} ONNX {what} "
                             f"({self.path.name}; {self.metadata.get('facenas.weights', 'weights unknown')}; "

@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from deploy.registry import RUNTIME_CHOICES
 from latency.anchor import ANCHOR_CHOICES, anchor_wanted, corrected, start_anchor
 from latency.drift import STORED_PREFIX, describe_drift, machine_drift, stored_networks
 from latency.measure import (
@@ -62,7 +63,6 @@ from latency.measure import (
 from latency.predict import calibrate_from_networks, describe_calibration
 from latency.random_archs import validation_and_fit_archs
 from latency.runtimes import (
-    RUNTIME_CHOICES,
     measure_table_block,
     measure_table_networks,
     runtime_info,

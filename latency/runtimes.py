@@ -6,17 +6,10 @@ static shapes (:func:`export_module_onnx`, the TorchScript-based exporter), load
 :class:`RuntimeModule`, an ``nn.Module`` whose call runs the runtime: the same warm-up, samples, trimmed mean,
 median / p10 / p90, ``first5_ms`` and ``max_first5_ms`` abort, garbage collector off, and the same result dict.
 
-Runtime settings:
-
-* ``onnxruntime``: execution provider ``CPUExecutionProvider`` unless another is named (``cuda``, ``tensorrt``, any
-  provider name; CUDA and TensorRT times include the copies of input and outputs between host and device, as a
-  deployed ``session.run`` pays them), graph-optimisation level ``all`` unless ``disable`` / ``basic`` /
-  ``extended`` is named, intra-op threads = the table's threads, inter-op threads 1, sequential execution,
-  denormals flushed to zero (as the PyTorch protocol does);
-* ``openvino``: device ``CPU`` unless another is named, ``INFERENCE_NUM_THREADS`` = the table's threads,
-  ``PERFORMANCE_HINT`` ``LATENCY`` (one stream), ``INFERENCE_PRECISION_HINT`` ``f32`` (OpenVINO would otherwise
-  pick bf16 on CPUs that have it), denormals flushed; OpenVINO has no optimisation levels;
-* ``torch``: the module itself, eager, as :func:`latency.measure.measure_module` always measured it.
+Runtime settings are those of the runtime's backend in :mod:`deploy` (:mod:`deploy.onnx_runtime`,
+:mod:`deploy.openvino_runtime`; CUDA and TensorRT times include the copies of input and outputs between host and
+device, as a deployed ``session.run`` pays them), with intra-op threads = the table's threads; ``torch`` is the
+module itself, eager, as :func:`latency.measure.measure_module` always measured it.
 
 :func:`runtime_info` gives the runtime's name, version, provider, optimisation level and threads for a table's
 metadata. The runtimes are imported when first needed: a missing one is a one-line :class:`FaceNASError` saying what
@@ -26,16 +19,14 @@ Python 3.8 syntax, torch and the standard library only at import time: ``profile
 """
 from __future__ import annotations
 
-import importlib
-import inspect
-import io
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from deploy.onnx_graph import DEFAULT_OPSET, export_graph
+from deploy.registry import backend, open_session, require_runtime
 from latency.measure import (
     TRIM,
     block_input_shape,
@@ -50,137 +41,26 @@ from models.arch import Arch
 from models.naming import BlockSpec
 from utils.errors import FaceNASError
 
-#: The runtimes a table can be measured in.
-RUNTIME_CHOICES = ("torch", "onnxruntime", "openvino")
-#: Python packages each runtime needs besides torch (the exporter needs ``onnx``), as pip names them.
-RUNTIME_PACKAGES = {"torch": (), "onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
-#: Short names of ONNX Runtime execution providers.
-ORT_PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider", "xnnpack": "XnnpackExecutionProvider", "acl": "ACLExecutionProvider",
-    "armnn": "ArmNNExecutionProvider", "coreml": "CoreMLExecutionProvider",
-}
-#: ONNX Runtime graph-optimisation levels by their short names.
-ORT_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-#: ONNX opset of the measured graphs (17: ONNX 1.12, 2022).
-RUNTIME_OPSET = 17
-
-
-def require_runtime(runtime: str) -> Any:
-    """Import a runtime's Python package (``None`` for torch); a one-line error names what to pip install.
-
-    Raises:
-        FaceNASError: unknown runtime, or one of its packages is missing.
-    """
-    if runtime not in RUNTIME_PACKAGES:
-        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
-    missing = []
-    modules = {}
-    for package in RUNTIME_PACKAGES[runtime]:
-        try:
-            modules[package] = importlib.import_module(package)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        raise FaceNASError(f"runtime {runtime} needs the Python package{'s' if len(missing) > 1 else ''} "
-                           f"{', '.join(missing)}, not installed here: pip install {' '.join(missing)}")
-    return modules.get(runtime)
+#: ONNX opset of the measured graphs.
+RUNTIME_OPSET = DEFAULT_OPSET
 
 
 def export_module_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = RUNTIME_OPSET) -> bytes:
-    """The module as ONNX bytes with static shapes (traced on ``torch.randn(input_shape)``, eval mode).
-
-    Uses the TorchScript-based exporter (``dynamo=False`` where the keyword exists), which needs the ``onnx`` package.
-    """
-    try:
-        importlib.import_module("onnx")
-    except ImportError:
-        raise FaceNASError("exporting to ONNX needs the Python package onnx, not installed here: pip install onnx") \
-            from None
-    module = module.eval()
-    buffer = io.BytesIO()
-    options = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        options["dynamo"] = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer notes
-        try:
-            with torch.no_grad():
-                torch.onnx.export(module, (torch.randn(tuple(input_shape)),), buffer, input_names=["input"],
-                                  opset_version=int(opset), do_constant_folding=True, **options)
-        except Exception as exc:  # noqa: BLE001 - an operator or opset this torch cannot export: one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise FaceNASError(f"ONNX export of {type(module).__name__} {list(input_shape)} at opset {opset} "
-                               f"failed: {first[:300]}") from None
-    return buffer.getvalue()
-
-
-def _ort_provider(ort: Any, provider: str | None) -> str:
-    name = ORT_PROVIDER_ALIASES.get((provider or "cpu").lower(), provider or "CPUExecutionProvider")
-    available = ort.get_available_providers()
-    if name not in available:
-        hint = {"CUDAExecutionProvider": " (pip install onnxruntime-gpu; on a Jetson the Jetson Zoo wheel)",
-                "TensorrtExecutionProvider": " (an onnxruntime-gpu build with TensorRT, e.g. the Jetson Zoo wheel)",
-                "OpenVINOExecutionProvider": " (pip install onnxruntime-openvino)"}.get(name, "")
-        raise FaceNASError(f"ONNX Runtime {ort.__version__} here has no {name}{hint}; available: "
-                           f"{', '.join(available)}")
-    return name
-
-
-def _ort_level(graph_optimization: str | None) -> str:
-    level = (graph_optimization or "all").lower()
-    if level not in ORT_OPTIMIZATION_LEVELS:
-        raise FaceNASError(f"ONNX Runtime graph optimisation {graph_optimization!r} is not one of "
-                           f"{', '.join(ORT_OPTIMIZATION_LEVELS)}")
-    return level
-
-
-def _ov_core(ov: Any) -> Any:
-    core_class = getattr(ov, "Core", None)
-    if core_class is None:  # OpenVINO before 2023.1 keeps it in openvino.runtime
-        core_class = importlib.import_module("openvino.runtime").Core
-    return core_class()
-
-
-def _ov_device(ov: Any, provider: str | None) -> str:
-    device = (provider or "CPU").upper()
-    available = _ov_core(ov).available_devices
-    if device not in available:
-        raise FaceNASError(f"OpenVINO here has no device {device}; available: {', '.join(available)}")
-    return device
-
-
-def _ov_check_level(graph_optimization: str | None) -> None:
-    if graph_optimization not in (None, "default"):
-        raise FaceNASError(f"OpenVINO has no graph-optimisation levels (got {graph_optimization!r}); leave it unset")
-
-
-def _ov_read_onnx(ov: Any, core: Any, onnx_bytes: bytes) -> Any:
-    try:
-        return core.read_model(onnx_bytes)  # ONNX from memory (OpenVINO 2023.1 and later)
-    except Exception:  # noqa: BLE001 - older releases read ONNX from memory only through convert_model
-        convert = getattr(ov, "convert_model", None)
-        if convert is None:
-            raise FaceNASError(f"OpenVINO {_ov_version(ov)} cannot read an ONNX graph from memory; pip install -U "
-                               "openvino (2023.1 or later)") from None
-        return convert(io.BytesIO(onnx_bytes))
-
-
-def _ov_version(ov: Any) -> str:
-    getter = getattr(ov, "get_version", None) or importlib.import_module("openvino.runtime").get_version
-    return str(getter())
+    """The module as ONNX bytes with static shapes (traced on ``torch.randn(input_shape)``, eval mode; one input
+    named ``input``)."""
+    return export_graph(module, torch.randn(tuple(input_shape)), ("input",), opset=opset,
+                        label=f"{type(module).__name__} {list(input_shape)}")
 
 
 class RuntimeModule(nn.Module):
-    """An ONNX graph loaded into ONNX Runtime or OpenVINO, called like a module.
+    """An ONNX graph loaded into a graph runtime (ONNX Runtime, OpenVINO, ...), called like a module.
 
     ``module(x)`` runs the graph once on ``x`` (CPU float32) and returns the runtime's raw outputs without copying
     them (what :func:`latency.measure.measure_module` times); :meth:`outputs` returns copies as tensors.
 
     Args:
         onnx_bytes: the graph (one input).
-        runtime: ``onnxruntime`` or ``openvino``.
+        runtime: a runtime of :data:`deploy.registry.BACKENDS`.
         threads: intra-op threads (default: PyTorch's current setting).
         provider: ONNX Runtime execution provider (short or full name) or OpenVINO device (default: the CPU).
         graph_optimization: ONNX Runtime level (default ``all``); must stay unset for OpenVINO.
@@ -189,54 +69,21 @@ class RuntimeModule(nn.Module):
     def __init__(self, onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
                  graph_optimization: str | None = None):
         super().__init__()
-        backend = require_runtime(runtime)
-        if runtime not in ("onnxruntime", "openvino"):
-            raise FaceNASError(f"RuntimeModule runs onnxruntime or openvino graphs, not {runtime!r}")
+        require_runtime(runtime)
+        if runtime == "torch":
+            raise FaceNASError("RuntimeModule runs exported graphs; the torch runtime runs the module itself")
         self.runtime = runtime
-        self.threads = int(threads or torch.get_num_threads())
-        if self.threads < 1:
-            raise FaceNASError(f"threads must be >= 1, not {threads}")
-        if runtime == "onnxruntime":
-            self.provider = _ort_provider(backend, provider)
-            self.graph_optimization = _ort_level(graph_optimization)
-            options = backend.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = backend.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = getattr(backend.GraphOptimizationLevel,
-                                                       ORT_OPTIMIZATION_LEVELS[self.graph_optimization])
-            options.add_session_config_entry("session.set_denormal_as_zero", "1")
-            options.log_severity_level = 3
-            providers = [self.provider] if self.provider == "CPUExecutionProvider" else \
-                [self.provider, "CPUExecutionProvider"]  # ops a GPU provider lacks fall back to the CPU
-            self.session = backend.InferenceSession(onnx_bytes, sess_options=options, providers=providers)
-            self.input_name = self.session.get_inputs()[0].name
-            self.output_names = [output.name for output in self.session.get_outputs()]
-        else:
-            _ov_check_level(graph_optimization)
-            self.provider = _ov_device(backend, provider)
-            self.graph_optimization = "default"
-            core = _ov_core(backend)
-            model = _ov_read_onnx(backend, core, onnx_bytes)
-            config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_PRECISION_HINT": "f32", "CPU_DENORMALS_OPTIMIZATION": True} \
-                if self.provider == "CPU" else {"PERFORMANCE_HINT": "LATENCY"}
-            self.compiled = core.compile_model(model, self.provider, config)
-            self.request = self.compiled.create_infer_request()
-            parameters = inspect.signature(self.request.infer).parameters
-            self.share = {"share_inputs": True, "share_outputs": True} if "share_outputs" in parameters else {}
+        self.session = open_session(onnx_bytes, runtime, threads, provider, graph_optimization)
+        self.threads = self.session.threads
+        self.provider = self.session.provider
+        self.graph_optimization = self.session.graph_optimization
 
     def forward(self, x: torch.Tensor) -> Any:
-        array = x.detach().cpu().numpy()
-        if self.runtime == "onnxruntime":
-            return self.session.run(self.output_names, {self.input_name: array})
-        return self.request.infer({0: array}, **self.share)
+        return self.session.run(x.detach().cpu().numpy())
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The graph's outputs for ``x`` as tensors (copies, safe to keep)."""
-        result = self(x)
-        values = result if self.runtime == "onnxruntime" else [result[out] for out in self.compiled.outputs]
-        return [torch.tensor(value) for value in values]
+        return [torch.tensor(value) for value in self.session.outputs(self(x))]
 
     def extra_repr(self) -> str:
         return f"{self.runtime}, {self.provider}, optimisation {self.graph_optimization}, {self.threads} threads"
@@ -348,32 +195,20 @@ def runtime_info(runtime: str, provider: str | None = None, graph_optimization: 
 
     Returns:
         ``runtime``, ``runtime_version``, ``execution_provider``, ``graph_optimization``, ``threads`` (intra-op),
-        and for the ONNX runtimes ``inter_op_threads``, ``precision``, ``onnx_opset``, ``onnx_version``,
-        ``onnx_exporter``.
+        and for the graph runtimes ``precision``, ``onnx_opset``, ``onnx_version``, ``onnx_exporter`` and the
+        runtime's own settings (e.g. ``inter_op_threads``).
 
     Raises:
         FaceNASError: a missing package (what to pip install), or a provider / level / device the runtime lacks.
     """
-    backend = require_runtime(runtime)
+    require_runtime(runtime)
     threads = int(threads or torch.get_num_threads())
     if runtime == "torch":
         if provider is not None or graph_optimization is not None:
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
         return {"runtime": "torch", "runtime_version": str(torch.__version__), "execution_provider": "eager",
                 "graph_optimization": None, "threads": threads}
-    if runtime == "onnxruntime":
-        info = {"runtime": runtime, "runtime_version": str(backend.__version__),
-                "execution_provider": _ort_provider(backend, provider),
-                "graph_optimization": _ort_level(graph_optimization), "threads": threads, "inter_op_threads": 1}
-    else:
-        _ov_check_level(graph_optimization)
-        info = {"runtime": runtime, "runtime_version": _ov_version(backend),
-                "execution_provider": _ov_device(backend, provider), "graph_optimization": "default",
-                "threads": threads, "performance_hint": "LATENCY"}
-    info.update({"precision": "float32", "onnx_opset": int(opset),
-                 "onnx_version": str(importlib.import_module("onnx").__version__),
-                 "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"})
-    return info
+    return backend(runtime).runtime_info(provider, graph_optimization, threads, opset)
 
 
 # ------------------------------------------------------------------------------------ a table's own runtime

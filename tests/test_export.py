@@ -13,11 +13,7 @@ import torch
 import evaluate
 import export
 import models
-from engine.checkpoint import load_detector, model_spec, save_checkpoint
-from engine.inference import EvalSettings, detect_image, preprocess
-from engine.onnx_inference import OnnxDetector
-from models.anchors import make_priors
-from models.export import (
+from deploy.onnx_export import (
     DecodedDetector,
     NmsSettings,
     check_onnx,
@@ -26,6 +22,10 @@ from models.export import (
     image_like_input,
     ort_session,
 )
+from engine.checkpoint import load_detector, model_spec, save_checkpoint
+from engine.inference import EvalSettings, detect_image, preprocess
+from engine.onnx_inference import OnnxDetector
+from models.anchors import make_priors
 from utils.errors import FaceNASError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +73,7 @@ def test_backbone_export_is_dynamic_and_matches_pytorch_on_three_shapes():
     torch.manual_seed(0)
     backbone = models.create_backbone("R12_V3_HS").eval()
     data = export_onnx(backbone, "backbone", (1, 3, 64, 64), model_name="R12_V3_HS")
-    session = ort_session(data, 1)
+    session = ort_session(data, 1).session
     dims = session.get_inputs()[0].shape
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3])), dims
     assert [o.name for o in session.get_outputs()] == ["feat_s8", "feat_s16", "feat_s32"]
@@ -97,7 +97,7 @@ def test_decoded_detector_gives_the_pytorch_detections_in_pixels(detector):
     rows = check_onnx(data, detector, "detector", SHAPES, threads=1)
     assert all(row["ok"] for row in rows), rows
     x = image_like_input((1, 3, 88, 120))
-    session = ort_session(data, 1)
+    session = ort_session(data, 1).session
     boxes, scores, landmarks = (torch.from_numpy(a) for a in session.run(None, {"images": x.numpy()}))
     from models.anchors import select_detections
 
@@ -116,7 +116,7 @@ def test_decoded_detector_gives_the_pytorch_detections_in_pixels(detector):
 def test_nms_export_is_checked_and_a_wrong_threshold_is_caught(detector):
     strict = NmsSettings(nms_threshold=0.4)
     data = export_onnx(detector, "detector", (1, 3, 64, 64), nms_settings=strict)
-    session = ort_session(data, 1)
+    session = ort_session(data, 1).session
     assert [o.name for o in session.get_outputs()] == ["detections"]
     rows = check_onnx(data, detector, "detector", SHAPES, strict, threads=1)
     assert all(row["ok"] for row in rows), rows
@@ -130,7 +130,7 @@ def test_nms_export_is_checked_and_a_wrong_threshold_is_caught(detector):
 
 def test_static_export_fixes_the_shape(detector):
     data = export_onnx(detector, "detector", (1, 3, 64, 64), dynamic=False)
-    session = ort_session(data, 1)
+    session = ort_session(data, 1).session
     assert session.get_inputs()[0].shape == [1, 3, 64, 64]
     with pytest.raises(Exception):  # noqa: B017 - ONNX Runtime's own error type
         session.run(None, {"images": image_like_input((1, 3, 96, 64)).numpy()})
@@ -141,7 +141,7 @@ def test_export_cli_writes_a_checked_file_with_metadata(tmp_path, capsys):
     assert export.main(["--model", "mobile0.25", "--what", "backbone", "--size", "64", "64", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "largest difference" in printed and printed.count("max |ONNX - PyTorch|") == 3
-    meta = ort_session(out.read_bytes(), 1).get_modelmeta().custom_metadata_map
+    meta = ort_session(out.read_bytes(), 1).session.get_modelmeta().custom_metadata_map
     assert meta["facenas.format"] == "facenas-onnx/1" and meta["facenas.kind"] == "backbone"
     assert meta["facenas.model"] == "mobile0.25" and meta["facenas.dynamic"] == "batch,height,width"
     assert meta["facenas.weights"] == "random weights"

@@ -5,15 +5,17 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("utils", "models", "latency", "nas", "data", "engine")
-#: Which project packages each package may import: a DAG, utils <- data <- models <- latency <- nas, engine beside.
+PACKAGES = ("utils", "models", "deploy", "latency", "nas", "data", "engine")
+#: Which project packages each package may import: a DAG, utils <- data <- models <- deploy <- latency <- nas, engine
+#: beside latency.
 ALLOWED = {
     "utils": set(),
     "data": {"utils"},
     "models": {"utils", "data"},
-    "latency": {"utils", "models"},
-    "engine": {"utils", "models", "data"},
-    "nas": {"utils", "models", "latency", "engine", "data"},
+    "deploy": {"utils", "models", "data"},
+    "latency": {"utils", "models", "deploy"},
+    "engine": {"utils", "models", "data", "deploy"},
+    "nas": {"utils", "models", "latency", "engine", "data", "deploy"},
 }
 
 

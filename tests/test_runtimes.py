@@ -131,8 +131,8 @@ def test_openvino_info_and_settings():
     assert info["execution_provider"] == "CPU" and info["graph_optimization"] == "default"
     assert info["performance_hint"] == "LATENCY" and info["precision"] == "float32"
     runner = to_runtime(deploy_block(KEY), (1, 32, 16, 16), "openvino", threads=1)
-    assert int(runner.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
-    assert str(runner.compiled.get_property("PERFORMANCE_HINT")).upper().endswith("LATENCY")
+    assert int(runner.session.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert str(runner.session.compiled.get_property("PERFORMANCE_HINT")).upper().endswith("LATENCY")
     with pytest.raises(FaceNASError, match="no graph-optimisation levels"):
         runtime_info("openvino", graph_optimization="all")
 
@@ -175,26 +175,28 @@ def test_bad_runtime_settings_are_one_line_errors():
         measure_in_runtime(block, (1, 32, 16, 16), "onnxruntime", device="cuda", samples=1)
 
 
-def test_the_module_can_be_embedded_in_the_device_profiler(monkeypatch):
-    """profile_latency.py will embed latency/runtimes.py: Python 3.8 syntax, no clash of top-level names, project
-    imports in the form the build strips."""
-    text = (ROOT / "latency" / "runtimes.py").read_text(encoding="utf-8")
-    ast.parse(text, feature_version=(3, 8))
+EMBEDDED_RUNTIME_FILES = ("deploy/onnx_graph.py", "deploy/onnx_runtime.py", "deploy/openvino_runtime.py",
+                          "deploy/registry.py", "latency/runtimes.py")
+
+
+@pytest.mark.parametrize("source", EMBEDDED_RUNTIME_FILES)
+def test_the_runtime_files_can_be_embedded_in_the_device_profiler(source):
+    """profile_latency.py embeds the runtime files: Python 3.8 syntax, nothing beyond torch and the standard library
+    at import time (project imports are stripped by the build), and the build really lists them."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import build_profiler
     finally:
         sys.path.remove(str(ROOT / "tools"))
-    sources = list(build_profiler.SOURCES)
-    if "latency/runtimes.py" not in sources:
-        sources.insert(sources.index("latency/profile_cli.py"), "latency/runtimes.py")
-    monkeypatch.setattr(build_profiler, "SOURCES", tuple(sources))
-    built = build_profiler.build()
-    assert "def measure_in_runtime(" in built and "from latency.measure import" not in built
-    # nothing beyond torch and the standard library at import time
+    text = (ROOT / source).read_text(encoding="utf-8")
+    ast.parse(text, feature_version=(3, 8))
+    assert source in build_profiler.SOURCES
     imported = {alias.name.split(".")[0] for node in ast.parse(text).body if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.parse(text).body
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "collections", "importlib", "inspect", "io", "warnings", "typing", "torch",
-                        "latency", "models", "utils"}, imported
+    assert imported <= {"__future__", "collections", "importlib", "inspect", "io", "os", "warnings", "typing",
+                        "torch", "deploy", "latency", "models", "utils"}, imported
+    built = build_profiler.build()
+    assert "def measure_in_runtime(" in built and "class OrtSession" in built
+    assert "from latency.measure import" not in built and "from deploy." not in built

@@ -3,7 +3,8 @@
 The blocks are defined once, in ``models/blocks.py``. This build step concatenates the torch-only and stdlib-only
 project modules the profiler needs (listed in :data:`SOURCES`, dependency order) into one script:
 
-* project imports (``from models.x import ...``, ``from latency.x import ...``, ``from utils.x import ...``) are removed
+* project imports (``from models.x import ...``, ``from latency.x import ...``, ``from deploy.x import ...``,
+  ``from utils.x import ...``) are removed
   (the lines the parser gives for the statement), because every imported name is defined earlier in the same file;
   the build checks that each such import sits at module level on lines of its own, without ``as`` renaming, and that
   the names it imports are really defined by that module;
@@ -50,10 +51,14 @@ SOURCES = (
     "latency/random_archs.py",
     "latency/drift.py",
     "latency/anchor.py",
+    "deploy/onnx_graph.py",
+    "deploy/onnx_runtime.py",
+    "deploy/openvino_runtime.py",
+    "deploy/registry.py",
     "latency/runtimes.py",
     "latency/profile_cli.py",
 )
-PROJECT_PACKAGES = ("models", "latency", "utils")
+PROJECT_PACKAGES = ("models", "latency", "deploy", "utils")
 OUTPUT = ROOT / "profile_latency.py"
 MIN_PYTHON = (3, 8)
 

@@ -13,18 +13,15 @@ What gets exported is the deploy form (:func:`models.backbone.deploy_form`: eval
   score, 10 landmark coordinates, in descending score order.
 
 The input ``images`` is float32 NCHW, OpenCV BGR minus (104, 117, 123), as for the PyTorch model. Batch, height and
-width are dynamic unless the export is static. The graph is written by the TorchScript-based exporter
-(``torch.onnx.export(..., dynamo=False)``); ``torchvision.ops.nms`` becomes ONNX ``NonMaxSuppression`` there.
+width are dynamic unless the export is static; ``torchvision.ops.nms`` becomes ONNX ``NonMaxSuppression``.
 
 :func:`check_onnx` runs the file in ONNX Runtime on several input shapes and compares every output with the PyTorch
 model it came from (eval mode, BatchNorm not folded: the network as trained). The ONNX file carries ``facenas.*``
-metadata (kind, model, NMS settings, input format) that ``engine.onnx_inference`` reads back.
+metadata (kind, model, NMS settings, input format) that ``engine.onnx_inference`` reads back. The exporter call
+itself is :func:`deploy.onnx_graph.export_graph`, the session :class:`deploy.onnx_runtime.OrtSession`.
 """
 from __future__ import annotations
 
-import inspect
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +31,8 @@ from torch import nn
 from torchvision.ops import nms
 
 from data.augment import BGR_MEAN
+from deploy.onnx_graph import DEFAULT_OPSET, export_graph
+from deploy.onnx_runtime import OrtSession
 from models.anchors import MIN_SIZES, STEPS, decode_boxes, decode_landmarks
 from models.backbone import deploy_form
 from utils.errors import FaceNASError
@@ -45,8 +44,6 @@ __all__ = [
 
 #: Value of the ``facenas.format`` metadata entry of every exported file.
 ONNX_FORMAT = "facenas-onnx/1"
-#: ONNX opset 17 (ONNX 1.12, 2022); older runtimes need a lower one (13 for TensorRT 8.2 on JetPack 4.6).
-DEFAULT_OPSET = 17
 INPUT_NAME = "images"
 BACKBONE_OUTPUTS = ("feat_s8", "feat_s16", "feat_s32")
 DETECTOR_OUTPUTS = ("boxes", "scores", "landmarks")
@@ -264,22 +261,9 @@ def export_onnx(model: nn.Module, kind: str, input_shape: Sequence[int] = (1, 3,
         raise FaceNASError(f"input shape must be four positive integers B 3 H W, got {list(input_shape)}")
     source = deploy_form(model) if deploy else model
     module, output_names = export_module(kind, source.eval(), nms_settings)
-    buffer = io.BytesIO()
-    options: dict[str, Any] = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        options["dynamo"] = False  # the TorchScript exporter: no onnxscript needed, torchvision NMS supported
-    with warnings.catch_warnings():
-        # the exporter's deprecation notice and tracer notes about shape arithmetic (traced as ONNX ops here)
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(module, (torch.zeros(tuple(int(v) for v in input_shape)),), buffer,
-                              input_names=[INPUT_NAME], output_names=list(output_names), opset_version=int(opset),
-                              dynamic_axes=dynamic_axes(output_names, dynamic), do_constant_folding=True, **options)
-        except Exception as exc:  # noqa: BLE001 - unsupported operators, opsets, shapes: one line for the user
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise FaceNASError(f"ONNX export of {model_name or type(model).__name__} at opset {opset} failed: "
-                               f"{first[:300]}") from None
-    proto = onnx.load_model_from_string(buffer.getvalue())
+    graph = export_graph(module, torch.zeros(tuple(int(v) for v in input_shape)), [INPUT_NAME], output_names, opset,
+                         dynamic_axes(output_names, dynamic), model_name or type(model).__name__)
+    proto = onnx.load_model_from_string(graph)
     meta = onnx_metadata(kind, model_name, nms_settings, dynamic, input_shape, opset, **(metadata or {}))
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -297,21 +281,9 @@ def image_like_input(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     return pixels - torch.tensor(BGR_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
 
 
-def ort_session(onnx_bytes: bytes, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)):
-    """An ONNX Runtime session for an exported file (a one-line error when onnxruntime is missing)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise FaceNASError("checking an ONNX export needs ONNX Runtime: pip install onnxruntime") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: no notes about unused initialisers
-    try:
-        return ort.InferenceSession(onnx_bytes, sess_options=options, providers=list(providers))
-    except Exception as exc:  # noqa: BLE001 - an opset or operator this ONNX Runtime lacks
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise FaceNASError(f"ONNX Runtime {ort.__version__} cannot load the export ({first[:300]})") from None
+def ort_session(onnx_bytes: bytes, threads: int | None = None, provider: str | None = None) -> OrtSession:
+    """An ONNX Runtime session for an exported file (:class:`deploy.onnx_runtime.OrtSession`, default CPU)."""
+    return OrtSession(onnx_bytes, threads, provider, label="the export")
 
 
 def _compare(name: str, ref: torch.Tensor, got: Any, tolerance: float) -> dict[str, Any]:
@@ -347,7 +319,7 @@ def check_onnx(onnx_bytes: bytes, reference: nn.Module, kind: str, shapes: Seque
     rows = []
     for index, shape in enumerate(shapes):
         x = image_like_input(shape, seed + index)
-        got = session.run(list(names), {INPUT_NAME: x.numpy()})
+        got = session.outputs(session.run(x.numpy()))
         with torch.no_grad():
             if nms_settings is not None:
                 decoded = module.decoded(x)

@@ -1,0 +1,60 @@
+"""Runtime name -> its backend: the session class, the packages it needs and what a table records about it.
+
+Adding a runtime is one backend file (a session class with ``run`` / ``outputs`` / ``describe`` and the attributes
+``runtime``, ``provider``, ``graph_optimization``, ``threads``, plus a ``runtime_info`` function) and one entry here.
+
+Python 3.8 syntax, torch and the standard library only at import time: ``profile_latency.py`` embeds this file.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from deploy.onnx_graph import require_packages
+from deploy.onnx_runtime import ORT_PACKAGES, OrtSession, ort_runtime_info
+from deploy.openvino_runtime import OV_PACKAGES, OpenVinoSession, ov_runtime_info
+from utils.errors import FaceNASError
+
+
+class Backend(NamedTuple):
+    """One runtime a graph can be deployed to."""
+
+    session: Callable[..., Any]
+    packages: tuple[str, ...]
+    runtime_info: Callable[..., dict[str, Any]]
+
+
+#: Runtimes that run exported graphs (eager ``torch`` is not one: it runs the module itself).
+BACKENDS = {
+    "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info),
+    "openvino": Backend(OpenVinoSession, OV_PACKAGES, ov_runtime_info),
+}
+#: The runtimes a table can be measured in.
+RUNTIME_CHOICES = ("torch", *BACKENDS)
+#: Python packages each runtime needs besides torch, as pip names them.
+RUNTIME_PACKAGES = {"torch": (), **{name: backend.packages for name, backend in BACKENDS.items()}}
+
+
+def require_runtime(runtime: str) -> Any:
+    """Import a runtime's Python package (``None`` for torch); a one-line error names what to pip install.
+
+    Raises:
+        FaceNASError: unknown runtime, or one of its packages is missing.
+    """
+    if runtime not in RUNTIME_PACKAGES:
+        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+    return require_packages(RUNTIME_PACKAGES[runtime], f"runtime {runtime}").get(runtime)
+
+
+def backend(runtime: str) -> Backend:
+    """The backend of a graph runtime (not ``torch``)."""
+    if runtime not in BACKENDS:
+        raise FaceNASError(f"{runtime!r} does not run exported graphs; use one of {', '.join(BACKENDS)}")
+    return BACKENDS[runtime]
+
+
+def open_session(source: Any, runtime: str, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None, **options: Any) -> Any:
+    """A session of ``runtime`` for an ONNX graph (bytes or, for ONNX Runtime, a path)."""
+    require_runtime(runtime)
+    return backend(runtime).session(source, threads, provider, graph_optimization, **options)
