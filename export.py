@@ -18,6 +18,11 @@ Examples:
     python export.py --checkpoint runs/facenas_r12_v3_hs/last.pth                # detector next to the checkpoint
     python export.py --model R12_V3_HS --what backbone --size 320 320 --out r12_backbone.onnx
     python export.py --checkpoint runs/x/last.pth --nms --static --size 320 320  # fixed shape, NMS in the graph
+    python export.py --checkpoint runs/x/last.pth --int8                         # INT8 for ONNX Runtime
+
+With ``--int8`` the checked float graph is quantized after training (static, QDQ; :mod:`deploy.quantize`) with
+activation ranges from ``--calibration-images`` training images, and checked against PyTorch again with the looser
+``--int8-tolerance``; measure what INT8 costs in accuracy with ``evaluate.py --checkpoint FILE_int8.onnx``.
 """
 from __future__ import annotations
 
@@ -42,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the whole detector with prior decoding, or the backbone's three feature maps "
                              "(default: detector)")
     parser.add_argument("--out", metavar="FILE.onnx", default=None,
-                        help="output file (default: CKPT_DIR/CKPT_STEM_WHAT[_nms].onnx for a checkpoint, "
-                             "runs/exports/NAME_WHAT[_nms].onnx for --model)")
+                        help="output file (default: CKPT_DIR/CKPT_STEM_WHAT[_nms][_int8].onnx for a checkpoint, "
+                             "runs/exports/NAME_WHAT[_nms][_int8].onnx for --model)")
     parser.add_argument("--size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"),
                         help="input height and width of the trace (with --static: the only size) (default: 640 640)")
     parser.add_argument("--batch", type=int, default=1,
@@ -63,6 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--nms-threshold", type=float, default=0.4, help="NMS IoU threshold (default: 0.4)")
     group.add_argument("--top-k", type=int, default=5000, help="candidates per image before NMS (default: 5000)")
     group.add_argument("--keep-top-k", type=int, default=750, help="detections per image after NMS (default: 750)")
+
+    group = parser.add_argument_group("INT8 (--int8): post-training static quantization for ONNX Runtime")
+    group.add_argument("--int8", action="store_true",
+                       help="write the network quantized to INT8 (QDQ, int8 per-channel weights, uint8 activations, "
+                            "ranges calibrated on training images) instead of float32; the float export is checked "
+                            "first, then the INT8 one against PyTorch (default: off)")
+    group.add_argument("--calibration-images", type=int, default=64,
+                       help="training images the activation ranges are calibrated on (default: 64)")
+    group.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                       help="how ranges are taken from the calibration activations (default: minmax)")
+    group.add_argument("--int8-keep-float", nargs="*", default=[], metavar="NODES",
+                       help="nodes left in float: 'first' (the first convolution), 'heads' (class, box and landmark "
+                            "heads) or substrings of node names (default: none, everything quantized)")
+    group.add_argument("--data-root", default=None,
+                       help="dataset whose train/images calibrate INT8 (default: the built-in synthetic dataset)")
+    group.add_argument("--int8-tolerance", type=float, default=0.1,
+                       help="largest allowed scaled |INT8 - PyTorch| of any output; INT8 is never exact, this only "
+                            "catches a quantization that broke the network (its AP is what evaluate.py measures) "
+                            "(default: 0.1)")
 
     group = parser.add_argument_group("The check in ONNX Runtime")
     group.add_argument("--check-shapes", nargs="+", metavar="BxHxW", default=None,
@@ -102,7 +126,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 def default_out(args: argparse.Namespace, name: str) -> Path:
     """Where the file goes without ``--out``."""
-    suffix = f"_{args.what}" + ("_nms" if args.nms else "") + ".onnx"
+    suffix = f"_{args.what}" + ("_nms" if args.nms else "") + ("_int8" if args.int8 else "") + ".onnx"
     if args.checkpoint is not None:
         checkpoint = Path(args.checkpoint)
         return checkpoint.with_name(checkpoint.stem + suffix)
@@ -147,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         raise FaceNASError(f"--opset must be >= 11 (NMS, dynamic resize), got {args.opset}")
     if not args.tolerance > 0:
         raise FaceNASError(f"--tolerance must be > 0, got {args.tolerance}")
+    if args.int8 and (args.calibration_images < 1 or not args.int8_tolerance > 0):
+        raise FaceNASError(f"--calibration-images must be >= 1 and --int8-tolerance > 0, got "
+                           f"{args.calibration_images} and {args.int8_tolerance}")
+    if (args.int8_keep_float or args.data_root) and not args.int8:
+        parser.error("--int8-keep-float and --data-root calibrate INT8: add --int8")
     if args.threads is not None and args.threads < 1:
         raise FaceNASError(f"--threads must be >= 1, got {args.threads}")
     shapes = [parse_shape(text) for text in args.check_shapes] if args.check_shapes else \
@@ -185,9 +214,48 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{first['scaled_diff']:.2e} > tolerance {args.tolerance:g}")
         raise FaceNASError(f"the ONNX export does not match PyTorch: {first['output']} on input "
                            f"{'x'.join(map(str, first['input']))}: {what}; nothing written to {out}")
+    if args.int8:
+        data, summary = quantize_and_check(args, model, name, data, trace, shapes, settings)
     atomic_write(out, lambda handle: handle.write(data))
     print(f"{summary}; wrote {out}")
     return 0
+
+
+def quantize_and_check(args: argparse.Namespace, model, name: str, data: bytes, trace: tuple[int, ...],
+                       shapes: list[tuple[int, int, int, int]], settings) -> tuple[bytes, str]:
+    """The checked float export quantized to INT8, and the INT8 check's summary line.
+
+    The check compares the INT8 graph without NMS (the same quantization, NMS only selects) with PyTorch, output
+    by output, because an INT8 NMS result differs from the float one by design.
+    """
+    import json
+
+    from deploy.calibration import calibration_batches
+    from deploy.onnx_export import check_onnx, check_summary, export_onnx, largest_difference
+    from deploy.quantize import quantization_settings, quantize_int8
+
+    calibration = calibration_batches(args.data_root, args.calibration_images, trace[2:] if args.static else None)
+    quant = quantization_settings(args.calibration_method, args.int8_keep_float, "training images",
+                                  len(calibration))
+    meta = {"facenas.precision": "int8", "facenas.quantization": json.dumps(quant, sort_keys=True)}
+    int8 = quantize_int8(data, calibration, args.calibration_method, args.int8_keep_float, meta)
+    checked = int8 if settings is None else quantize_int8(
+        export_onnx(model, args.what, trace, dynamic=not args.static, opset=args.opset, model_name=name),
+        calibration, args.calibration_method, args.int8_keep_float)
+    kept = ", ".join(args.int8_keep_float) or "nothing"
+    print(f"INT8: static QDQ, int8 per-channel weights, uint8 activations, {args.calibration_method} ranges from "
+          f"{len(calibration)} training images; kept in float: {kept}; {len(int8) / 2**20:.1f} MiB")
+    rows = check_onnx(checked, model, args.what, shapes, None, args.int8_tolerance, threads=args.threads)
+    print("INT8 ONNX Runtime against PyTorch" + (" (the same quantization without NMS)" if settings else "") + ":")
+    print(check_summary(rows))
+    worst = largest_difference(rows)
+    if not all(row["ok"] for row in rows):
+        raise FaceNASError(f"the INT8 export is far from PyTorch: {worst['output']} scaled difference "
+                           f"{worst['scaled_diff']:.3f} > --int8-tolerance {args.int8_tolerance:g}; keep layers in "
+                           "float (--int8-keep-float first heads) or calibrate on more images; nothing written")
+    return int8, (f"INT8 largest difference {worst['max_abs_diff']:.3e} ({worst['output']}, input "
+                  f"{'x'.join(map(str, worst['input']))}; scaled {worst['scaled_diff']:.3f}, tolerance "
+                  f"{args.int8_tolerance:g}; AP: evaluate.py --checkpoint on the file)")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ class OnnxDetector(nn.Module):
         self.provider = self.runner.provider
         version = self.runner.version
         what = "detector with NMS in the graph" if self.kind == "detector_nms" else "detector"
+        self.precision = self.metadata.get("facenas.precision", "float32")
+        if self.precision != "float32":
+            what = f"{self.precision} {what}"
         self.description = (f"{self.metadata.get('facenas.model', '?')} ONNX {what} "
                             f"({self.path.name}; {self.metadata.get('facenas.weights', 'weights unknown')}; "
                             f"ONNX Runtime {version}, {self.provider})")
