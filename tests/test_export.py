@@ -279,8 +279,10 @@ def test_decoded_wrapper_leaves_the_detector_without_hooks(detector):
 def test_default_output_paths():
     import argparse
 
-    args = argparse.Namespace(checkpoint="runs/a/last.pth", what="detector", nms=True)
+    args = argparse.Namespace(checkpoint="runs/a/last.pth", what="detector", nms=True, int8=False)
     assert export.default_out(args, "R12_V3_HS") == Path("runs/a/last_detector_nms.onnx")
-    args = argparse.Namespace(checkpoint=None, what="backbone", nms=False)
+    args.int8 = True
+    assert export.default_out(args, "R12_V3_HS") == Path("runs/a/last_detector_nms_int8.onnx")
+    args = argparse.Namespace(checkpoint=None, what="backbone", nms=False, int8=False)
     assert export.default_out(args, "mobile0.25") == Path("runs/exports/mobile0.25_backbone.onnx")
     assert export.default_out(args, "runs/s/arch.json") == Path("runs/exports/arch_backbone.onnx")
