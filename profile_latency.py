@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/anchor.py, deploy/onnx_graph.py, deploy/onnx_runtime.py, deploy/openvino_runtime.py, deploy/registry.py, latency/runtimes.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/anchor.py, deploy/onnx_graph.py, deploy/onnx_runtime.py, deploy/openvino_runtime.py, deploy/registry.py, deploy/quantize.py, latency/runtimes.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -2528,7 +2528,7 @@ ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms",
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
                    "memory_format", "bn_folded", "runtime", "runtime_version", "execution_provider",
-                   "graph_optimization")
+                   "graph_optimization", "precision", "quantization")
 #: What a table that predates runtime-aware tables was measured in.
 DEFAULT_RUNTIME = {"runtime": "torch"}
 _MEASURED_FIELDS = ("device", "device_name", "threads", "dtype", "memory_format", "protocol")
@@ -2740,7 +2740,7 @@ class TableFile:
                 flag = {"batch": "--batch", "resolution": "--resolution", "threads": "--threads",
                         "device": "--device", "dtype": "--dtype", "memory_format": "--channels-last",
                         "runtime": "--runtime", "execution_provider": "--provider",
-                        "graph_optimization": "--graph-optimization"}.get(field)
+                        "graph_optimization": "--graph-optimization", "precision": "--precision"}.get(field)
                 hint = f"use the table's {flag} value or" if flag else "measure into"
                 raise FaceNASError(f"{self.path}: table has {field}={have!r} but this run has {field}={want!r}; "
                                    f"{hint} {'write to ' if flag else ''}another --out file (nothing was changed)")
@@ -4297,15 +4297,18 @@ class Backend(NamedTuple):
     session: Callable[..., Any]
     packages: tuple[str, ...]
     runtime_info: Callable[..., dict[str, Any]]
+    precisions: tuple[str, ...] = ("float32",)
 
 
 #: Runtimes that run exported graphs (eager ``torch`` is not one: it runs the module itself).
 BACKENDS = {
-    "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info),
+    "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info, ("float32", "int8")),
     "openvino": Backend(OpenVinoSession, OV_PACKAGES, ov_runtime_info),
 }
 #: The runtimes a table can be measured in.
 RUNTIME_CHOICES = ("torch", *BACKENDS)
+#: Precisions a table can be measured in (int8: post-training static quantization, :mod:`deploy.quantize`).
+PRECISION_CHOICES = ("float32", "int8")
 #: Python packages each runtime needs besides torch, as pip names them.
 RUNTIME_PACKAGES = {"torch": (), **{name: backend.packages for name, backend in BACKENDS.items()}}
 
@@ -4333,7 +4336,167 @@ def open_session(source: Any, runtime: str, threads: int | None = None, provider
     """A session of ``runtime`` for an ONNX graph (bytes or, for ONNX Runtime, a path)."""
     require_runtime(runtime)
     return backend(runtime).session(source, threads, provider, graph_optimization, **options)
+
+
+def check_precision(runtime: str, precision: str) -> None:
+    """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
+    have = ("float32",) if runtime == "torch" else backend(runtime).precisions
+    if precision not in have:
+        raise FaceNASError(f"precision {precision} is not measured in runtime {runtime} here (it has "
+                           f"{', '.join(have)}); int8 runs in --runtime onnxruntime")
 # -------------------------------------------------- end deploy/registry.py
+
+
+# -------------------------------------------------- begin deploy/quantize.py
+"""Post-training INT8 quantization of ONNX graphs with ONNX Runtime (static, QDQ, per-channel weights).
+
+What every INT8 graph here is: ``onnxruntime.quantization.quantize_static`` in the QDQ format (QuantizeLinear /
+DequantizeLinear pairs that ONNX Runtime fuses into integer kernels, and that other runtimes read), weights int8
+symmetric per output channel, activations uint8 asymmetric per tensor, ranges from a calibration pass (``minmax`` by
+default; ``entropy`` and ``percentile`` are ONNX Runtime's other methods). Calibration inputs are real images for a
+detector that is checked for accuracy (``export.py --int8``) and random tensors for a block that is only timed
+(``profile_latency.py --precision int8``): latency does not depend on the values.
+
+Nodes can be kept in float (``keep_float``): ``first`` (the first convolution, which sees raw pixels), ``heads`` (the
+class / box / landmark heads), or any substring of node names; face detectors are known to lose their boxes under
+post-training quantization, and these are the usual layers to keep.
+
+Python 3.8 syntax, torch and the standard library only at import time (numpy and onnxruntime are imported when
+used): ``profile_latency.py`` embeds this file.
+"""
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+#: Calibration methods of ``onnxruntime.quantization`` by their short names.
+QUANT_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+#: Short names of groups of nodes that can stay in float.
+KEEP_FLOAT_GROUPS = ("first", "heads")
+#: Random calibration batches of a block that is only timed.
+TIMING_CALIBRATION_BATCHES = 4
+
+
+def quantization_settings(method: str = "minmax", keep_float: Sequence[str] = (), calibration: str = "random",
+                          calibration_count: int = TIMING_CALIBRATION_BATCHES) -> dict[str, Any]:
+    """The settings of an INT8 graph as a table's or a file's metadata records them (and compares)."""
+    if method not in QUANT_CALIBRATION_METHODS:
+        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
+    return {"format": "QDQ", "weights": "int8 symmetric per-channel", "activations": "uint8 asymmetric per-tensor",
+            "calibration_method": method, "calibration": calibration, "calibration_count": int(calibration_count),
+            "keep_float": list(keep_float), "tool": "onnxruntime.quantization.quantize_static"}
+
+
+def float_node_names(model: Any, keep_float: Sequence[str]) -> list[str]:
+    """Names of the nodes of an ONNX model that ``keep_float`` keeps in float (see the module docstring)."""
+    names = [node.name for node in model.graph.node]
+    kept: list[str] = []
+    for item in keep_float:
+        if item == "first":
+            convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
+            found = convs[:1]
+        elif item == "heads":
+            found = [name for name in names if "_head" in name]
+        else:
+            found = [name for name in names if item in name]
+        if not found:
+            raise FaceNASError(f"--int8-keep-float {item!r}: no node of the graph matches it")
+        kept += [name for name in found if name not in kept]
+    return kept
+
+
+class _Reader:
+    """A calibration data reader over a list of input arrays (ONNX Runtime's ``CalibrationDataReader`` protocol)."""
+
+    def __init__(self, input_name: str, arrays: Iterable[Any]):
+        self.input_name = input_name
+        self.items = iter(list(arrays))
+
+    def get_next(self) -> dict[str, Any] | None:
+        item = next(self.items, None)
+        return None if item is None else {self.input_name: item}
+
+    def rewind(self) -> None:  # not needed: one pass per calibration
+        pass
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "minmax",
+                  keep_float: Sequence[str] = (), metadata: dict[str, str] | None = None) -> bytes:
+    """An ONNX graph quantized to INT8 (QDQ) with ranges calibrated on ``calibration`` (float32 input arrays).
+
+    Args:
+        onnx_bytes: the float graph (one input).
+        calibration: input arrays (each one batch, the graph's input layout).
+        method: ``minmax``, ``entropy`` or ``percentile``.
+        keep_float: nodes to leave in float (``first``, ``heads`` or substrings of node names).
+        metadata: entries added to the file's metadata (the float graph's own entries are kept).
+
+    Raises:
+        FaceNASError: onnx / onnxruntime missing, no calibration data, or ONNX Runtime's quantizer failing.
+    """
+    modules = require_packages(["onnx", "onnxruntime"], "INT8 quantization")
+    onnx = modules["onnx"]
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise FaceNASError("INT8 quantization needs at least one calibration input")
+    if method not in QUANT_CALIBRATION_METHODS:
+        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
+    model = onnx.load_model_from_string(onnx_bytes)
+    excluded = float_node_names(model, keep_float)
+    kept_meta = {entry.key: entry.value for entry in model.metadata_props}
+    with tempfile.TemporaryDirectory(prefix="facenas_int8_") as folder:
+        source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(onnx_bytes)
+        source = _preprocess(source, Path(folder) / "prepared.onnx")
+        reader = _Reader(model.graph.input[0].name, calibration)
+        quiet = logging.getLogger()
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # the quantizer's notes about pre-processing and bias tensors
+        try:
+            quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=excluded or None,
+                            calibrate_method=getattr(CalibrationMethod, QUANT_CALIBRATION_METHODS[method]),
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        except Exception as exc:  # noqa: BLE001 - the quantizer's own errors: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FaceNASError(f"INT8 quantization failed: {first[:300]}") from None
+        finally:
+            quiet.setLevel(level)
+            for stray in Path(os.getcwd()).glob("augmented_model*.onnx"):  # calibration leftovers of old releases
+                stray.unlink(missing_ok=True)
+        quantized = onnx.load_model(str(target))
+    del quantized.metadata_props[:]
+    for key, value in {**kept_meta, **(metadata or {})}.items():
+        entry = quantized.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    return quantized.SerializeToString()
+
+
+def _preprocess(source: Path, target: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation: the folded biases become
+    initializers the quantizer can take); the graph as it was when a graph defeats it."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
+        return target
+    except Exception:  # noqa: BLE001 - e.g. symbolic shape inference failing on a dynamic NMS graph
+        return source
+
+
+def random_calibration(shape: Sequence[int], count: int = TIMING_CALIBRATION_BATCHES, seed: int = 0) -> list[Any]:
+    """``count`` standard-normal float32 arrays of ``shape``: calibration of a graph that is only timed."""
+    import numpy as np
+
+    generator = np.random.default_rng(seed)
+    return [generator.standard_normal(tuple(int(v) for v in shape)).astype(np.float32) for _ in range(count)]
+# -------------------------------------------------- end deploy/quantize.py
 
 
 # -------------------------------------------------- begin latency/runtimes.py
@@ -4420,16 +4583,23 @@ def build_runtime_module(onnx_bytes: bytes, runtime: str, threads: int | None = 
 
 def to_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", threads: int | None = None,
                provider: str | None = None, graph_optimization: str | None = None,
-               opset: int = RUNTIME_OPSET) -> nn.Module:
-    """The module as the runtime runs it: itself for ``torch``, else its ONNX graph in a :class:`RuntimeModule`."""
+               opset: int = RUNTIME_OPSET, precision: str = "float32") -> nn.Module:
+    """The module as the runtime runs it: itself for ``torch``, else its ONNX graph in a :class:`RuntimeModule`.
+
+    With ``precision="int8"`` the graph is quantized first (:func:`deploy.quantize.quantize_int8`, calibrated on
+    random inputs: a block that is only timed runs the same kernels whatever its values).
+    """
+    check_precision(runtime, precision)
     if runtime == "torch":
         if provider is not None or graph_optimization is not None:
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino, "
                                "not to the torch runtime")
         return module
     require_runtime(runtime)
-    return build_runtime_module(export_module_onnx(module, input_shape, opset), runtime, threads, provider,
-                                graph_optimization)
+    graph = export_module_onnx(module, input_shape, opset)
+    if precision == "int8":
+        graph = quantize_int8(graph, random_calibration(input_shape))
+    return build_runtime_module(graph, runtime, threads, provider, graph_optimization)
 
 
 def _check_protocol(runtime: str, device: str, dtype: str, channels_last: bool) -> None:
@@ -4448,7 +4618,7 @@ def measure_in_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime:
                        warmup: int | None = None, samples: int | None = None, threads: int | None = None, *,
                        provider: str | None = None, graph_optimization: str | None = None, dtype: str = "float32",
                        channels_last: bool = False, max_first5_ms: float | None = None, trim: float = TRIM,
-                       opset: int = RUNTIME_OPSET) -> dict[str, Any]:
+                       opset: int = RUNTIME_OPSET, precision: str = "float32") -> dict[str, Any]:
     """Time a module (deploy form) in a runtime with the protocol of :func:`latency.measure.measure_module`.
 
     Args:
@@ -4459,19 +4629,21 @@ def measure_in_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime:
         warmup, samples, threads, dtype, channels_last, max_first5_ms, trim: as ``measure_module``; ``threads`` is
             also the runtime's intra-op thread count.
         provider, graph_optimization, opset: see :class:`RuntimeModule` and :func:`export_module_onnx`.
+        precision: ``float32``, or ``int8`` (ONNX Runtime: the graph quantized, :func:`to_runtime`).
 
     Returns:
         ``measure_module``'s dict: ``mean_ms``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``n``, ``first5_ms``,
         ``threads``, ``aborted``.
     """
     _check_protocol(runtime, device, dtype, channels_last)
+    check_precision(runtime, precision)
     if runtime == "torch":
         if provider is not None or graph_optimization is not None:
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
         return measure_module(module, input_shape, device, warmup, samples, threads, dtype=dtype,
                               channels_last=channels_last, max_first5_ms=max_first5_ms, trim=trim)
     threads = int(threads or torch.get_num_threads())
-    runner = to_runtime(module, input_shape, runtime, threads, provider, graph_optimization, opset)
+    runner = to_runtime(module, input_shape, runtime, threads, provider, graph_optimization, opset, precision)
     return measure_module(runner, input_shape, "cpu", warmup, samples, threads, max_first5_ms=max_first5_ms,
                           trim=trim)
 
@@ -4487,12 +4659,14 @@ def measure_block_in_runtime(key_or_spec: str | BlockSpec, batch: int, runtime: 
 
 def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime: str = "torch",
                                 provider: str | None = None, graph_optimization: str | None = None,
-                                repeats: int = 3, seed: int = 0, on_step: Any = None) -> dict[str, dict[str, Any]]:
+                                repeats: int = 3, seed: int = 0, on_step: Any = None,
+                                precision: str = "float32") -> dict[str, dict[str, Any]]:
     """Whole backbones (feature path, deploy form) in a runtime with a table's protocol, in interleaved rounds.
 
     Like :func:`latency.measure.measure_networks` (which it is for ``torch``); every network is exported and loaded
     once, then :func:`latency.measure.measure_interleaved` times them.
     """
+    check_precision(runtime, precision)
     if runtime == "torch":
         return measure_networks(archs, meta, repeats, seed, on_step)
     protocol = meta["protocol"]
@@ -4504,8 +4678,8 @@ def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime
     side = int(meta["resolution"])
     shape = (int(meta["batch"]), 3, side, side)
     threads = int(meta.get("threads") or torch.get_num_threads())
-    modules = {arch.name: to_runtime(deploy_backbone(arch), shape, runtime, threads, provider, graph_optimization)
-               for arch in archs}
+    modules = {arch.name: to_runtime(deploy_backbone(arch), shape, runtime, threads, provider, graph_optimization,
+                                     precision=precision) for arch in archs}
     return measure_interleaved(modules, shape, repeats, seed, on_step, estimator=protocol.get("estimator",
                                                                                            "trimmed_mean"),
                                device="cpu", warmup=protocol["warmup"], samples=protocol["samples"], threads=threads,
@@ -4513,17 +4687,18 @@ def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime
 
 
 def runtime_info(runtime: str, provider: str | None = None, graph_optimization: str | None = None,
-                 threads: int | None = None, opset: int = RUNTIME_OPSET) -> dict[str, Any]:
+                 threads: int | None = None, opset: int = RUNTIME_OPSET, precision: str = "float32") -> dict[str, Any]:
     """What a table measured in ``runtime`` records about it (and compares before it is reused).
 
     Returns:
         ``runtime``, ``runtime_version``, ``execution_provider``, ``graph_optimization``, ``threads`` (intra-op),
         and for the graph runtimes ``precision``, ``onnx_opset``, ``onnx_version``, ``onnx_exporter`` and the
-        runtime's own settings (e.g. ``inter_op_threads``).
+        runtime's own settings (e.g. ``inter_op_threads``); an int8 table also ``quantization`` (its settings).
 
     Raises:
         FaceNASError: a missing package (what to pip install), or a provider / level / device the runtime lacks.
     """
+    check_precision(runtime, precision)  # before the import: a precision the runtime lacks is refused anyway
     require_runtime(runtime)
     threads = int(threads or torch.get_num_threads())
     if runtime == "torch":
@@ -4531,7 +4706,10 @@ def runtime_info(runtime: str, provider: str | None = None, graph_optimization: 
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
         return {"runtime": "torch", "runtime_version": str(torch.__version__), "execution_provider": "eager",
                 "graph_optimization": None, "threads": threads}
-    return backend(runtime).runtime_info(provider, graph_optimization, threads, opset)
+    info = backend(runtime).runtime_info(provider, graph_optimization, threads, opset)
+    if precision != "float32":
+        info.update(precision=precision, quantization=quantization_settings(calibration="random normal inputs"))
+    return info
 
 
 # ------------------------------------------------------------------------------------ a table's own runtime
@@ -4544,6 +4722,11 @@ def table_runtime(meta: dict[str, Any]) -> tuple[str, str | None, str | None]:
     return runtime, meta.get("execution_provider"), None if level == "default" else level
 
 
+def table_precision(meta: dict[str, Any]) -> str:
+    """The precision a table was measured in (tables before int8 ones: float32)."""
+    return str(meta.get("precision") or "float32")
+
+
 def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
                         max_first5_ms: float | None = None) -> dict[str, Any]:
     """One block with a table's protocol, in the table's runtime (what the profiler and internal mode measure)."""
@@ -4552,7 +4735,7 @@ def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
     options: dict[str, Any] = {"dtype": meta["dtype"], "channels_last": meta["memory_format"] == "channels_last",
                                "max_first5_ms": max_first5_ms, "trim": protocol["trim"]}
     if runtime != "torch":
-        options.update(provider=provider, graph_optimization=level)
+        options.update(provider=provider, graph_optimization=level, precision=table_precision(meta))
     return measure_block_in_runtime(key_or_spec, int(meta["batch"]), runtime, meta["device"], protocol["warmup"],
                                     protocol["samples"], meta.get("threads"), **options)
 
@@ -4573,7 +4756,9 @@ def table_block_timer(key: str, meta: dict[str, Any]) -> Callable[[], float]:
     else:
         _check_protocol(runtime, meta.get("device", "cpu"), meta["dtype"], channels_last)
         threads = int(meta.get("threads") or torch.get_num_threads())
-        module, device = to_runtime(deploy_block(key), shape, runtime, threads, provider, level), "cpu"
+        module = to_runtime(deploy_block(key), shape, runtime, threads, provider, level,
+                            precision=table_precision(meta))
+        device = "cpu"
 
     def time_once() -> float:
         return float(measure_module(module, shape, device, protocol["warmup"], protocol["samples"], threads,
@@ -4586,7 +4771,8 @@ def measure_table_networks(archs: list[Arch], meta: dict[str, Any], repeats: int
                            on_step: Any = None) -> dict[str, dict[str, Any]]:
     """Whole backbones with a table's protocol, in the table's runtime (calibration and predictor reports)."""
     runtime, provider, level = table_runtime(meta)
-    return measure_networks_in_runtime(archs, meta, runtime, provider, level, repeats, seed, on_step)
+    return measure_networks_in_runtime(archs, meta, runtime, provider, level, repeats, seed, on_step,
+                                       table_precision(meta))
 # -------------------------------------------------- end latency/runtimes.py
 
 
@@ -4725,6 +4911,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "device (CPU, GPU) (default: cpu / CPU)")
     how.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"),
                      help="onnxruntime graph-optimisation level (default: all)")
+    how.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
+                     help="float32, or int8: every graph quantized after training (static QDQ, int8 per-channel "
+                          "weights, uint8 activations, ranges calibrated on random inputs: latency does not depend "
+                          "on the values) before it is timed; --runtime onnxruntime only. A table holds one "
+                          "precision (default: float32)")
     how.add_argument("--batch", type=POSITIVE_INT,
                      help="batch size of the input tensor (default: the preset's; else 8 on cuda, 1 on cpu)")
     how.add_argument("--resolution", type=int_range(32),
@@ -4991,7 +5182,9 @@ def channel_ratio_problem(spec: BlockSpec, max_ratio: float) -> str | None:
 # -------------------------------------------------------------------------------------------------- main
 def default_out(args: argparse.Namespace, device: str, batch: int, resolution: int | None) -> str:
     label = args.preset or ("custom" if (args.families or args.space) else "names")
-    return f"latency_{label}_{device}_b{batch}_{resolution or 'any'}.json"
+    runtime = "" if args.runtime == "torch" else f"_{args.runtime}"
+    precision = "" if args.precision == "float32" else f"_{args.precision}"
+    return f"latency_{label}_{device}{runtime}{precision}_b{batch}_{resolution or 'any'}.json"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -5033,7 +5226,8 @@ def main(argv: list[str] | None = None) -> None:
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
     if args.runtime == "torch" and (args.provider or args.graph_optimization):
         raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
-    runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads)
+    runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads,
+                           precision=args.precision)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
                         estimator=args.estimator or DEFAULT_ESTIMATOR, preset=args.preset, spaces=space_names,
                         source="profile_latency.py", notes=args.note,

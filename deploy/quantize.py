@@ -27,7 +27,7 @@ from deploy.onnx_graph import require_packages
 from utils.errors import FaceNASError
 
 #: Calibration methods of ``onnxruntime.quantization`` by their short names.
-CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+QUANT_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 #: Short names of groups of nodes that can stay in float.
 KEEP_FLOAT_GROUPS = ("first", "heads")
 #: Random calibration batches of a block that is only timed.
@@ -37,8 +37,8 @@ TIMING_CALIBRATION_BATCHES = 4
 def quantization_settings(method: str = "minmax", keep_float: Sequence[str] = (), calibration: str = "random",
                           calibration_count: int = TIMING_CALIBRATION_BATCHES) -> dict[str, Any]:
     """The settings of an INT8 graph as a table's or a file's metadata records them (and compares)."""
-    if method not in CALIBRATION_METHODS:
-        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+    if method not in QUANT_CALIBRATION_METHODS:
+        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
     return {"format": "QDQ", "weights": "int8 symmetric per-channel", "activations": "uint8 asymmetric per-tensor",
             "calibration_method": method, "calibration": calibration, "calibration_count": int(calibration_count),
             "keep_float": list(keep_float), "tool": "onnxruntime.quantization.quantize_static"}
@@ -97,8 +97,8 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
 
     if not calibration:
         raise FaceNASError("INT8 quantization needs at least one calibration input")
-    if method not in CALIBRATION_METHODS:
-        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+    if method not in QUANT_CALIBRATION_METHODS:
+        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
     model = onnx.load_model_from_string(onnx_bytes)
     excluded = float_node_names(model, keep_float)
     kept_meta = {entry.key: entry.value for entry in model.metadata_props}
@@ -114,7 +114,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
             quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded or None,
-                            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                            calibrate_method=getattr(CalibrationMethod, QUANT_CALIBRATION_METHODS[method]),
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         except Exception as exc:  # noqa: BLE001 - the quantizer's own errors: one line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -22,15 +22,18 @@ class Backend(NamedTuple):
     session: Callable[..., Any]
     packages: tuple[str, ...]
     runtime_info: Callable[..., dict[str, Any]]
+    precisions: tuple[str, ...] = ("float32",)
 
 
 #: Runtimes that run exported graphs (eager ``torch`` is not one: it runs the module itself).
 BACKENDS = {
-    "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info),
+    "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info, ("float32", "int8")),
     "openvino": Backend(OpenVinoSession, OV_PACKAGES, ov_runtime_info),
 }
 #: The runtimes a table can be measured in.
 RUNTIME_CHOICES = ("torch", *BACKENDS)
+#: Precisions a table can be measured in (int8: post-training static quantization, :mod:`deploy.quantize`).
+PRECISION_CHOICES = ("float32", "int8")
 #: Python packages each runtime needs besides torch, as pip names them.
 RUNTIME_PACKAGES = {"torch": (), **{name: backend.packages for name, backend in BACKENDS.items()}}
 
@@ -58,3 +61,11 @@ def open_session(source: Any, runtime: str, threads: int | None = None, provider
     """A session of ``runtime`` for an ONNX graph (bytes or, for ONNX Runtime, a path)."""
     require_runtime(runtime)
     return backend(runtime).session(source, threads, provider, graph_optimization, **options)
+
+
+def check_precision(runtime: str, precision: str) -> None:
+    """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
+    have = ("float32",) if runtime == "torch" else backend(runtime).precisions
+    if precision not in have:
+        raise FaceNASError(f"precision {precision} is not measured in runtime {runtime} here (it has "
+                           f"{', '.join(have)}); int8 runs in --runtime onnxruntime")

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from deploy.registry import RUNTIME_CHOICES
+from deploy.registry import PRECISION_CHOICES, RUNTIME_CHOICES
 from latency.anchor import ANCHOR_CHOICES, anchor_wanted, corrected, start_anchor
 from latency.drift import STORED_PREFIX, describe_drift, machine_drift, stored_networks
 from latency.measure import (
@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "device (CPU, GPU) (default: cpu / CPU)")
     how.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"),
                      help="onnxruntime graph-optimisation level (default: all)")
+    how.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
+                     help="float32, or int8: every graph quantized after training (static QDQ, int8 per-channel "
+                          "weights, uint8 activations, ranges calibrated on random inputs: latency does not depend "
+                          "on the values) before it is timed; --runtime onnxruntime only. A table holds one "
+                          "precision (default: float32)")
     how.add_argument("--batch", type=POSITIVE_INT,
                      help="batch size of the input tensor (default: the preset's; else 8 on cuda, 1 on cpu)")
     how.add_argument("--resolution", type=int_range(32),
@@ -447,7 +452,9 @@ def channel_ratio_problem(spec: BlockSpec, max_ratio: float) -> str | None:
 # -------------------------------------------------------------------------------------------------- main
 def default_out(args: argparse.Namespace, device: str, batch: int, resolution: int | None) -> str:
     label = args.preset or ("custom" if (args.families or args.space) else "names")
-    return f"latency_{label}_{device}_b{batch}_{resolution or 'any'}.json"
+    runtime = "" if args.runtime == "torch" else f"_{args.runtime}"
+    precision = "" if args.precision == "float32" else f"_{args.precision}"
+    return f"latency_{label}_{device}{runtime}{precision}_b{batch}_{resolution or 'any'}.json"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -489,7 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
     if args.runtime == "torch" and (args.provider or args.graph_optimization):
         raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
-    runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads)
+    runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads,
+                           precision=args.precision)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,
                         estimator=args.estimator or DEFAULT_ESTIMATOR, preset=args.preset, spaces=space_names,
                         source="profile_latency.py", notes=args.note,

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from deploy.onnx_graph import DEFAULT_OPSET, export_graph
-from deploy.registry import backend, open_session, require_runtime
+from deploy.quantize import quantization_settings, quantize_int8, random_calibration
+from deploy.registry import backend, check_precision, open_session, require_runtime
 from latency.measure import (
     TRIM,
     block_input_shape,
@@ -97,16 +98,23 @@ def build_runtime_module(onnx_bytes: bytes, runtime: str, threads: int | None = 
 
 def to_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", threads: int | None = None,
                provider: str | None = None, graph_optimization: str | None = None,
-               opset: int = RUNTIME_OPSET) -> nn.Module:
-    """The module as the runtime runs it: itself for ``torch``, else its ONNX graph in a :class:`RuntimeModule`."""
+               opset: int = RUNTIME_OPSET, precision: str = "float32") -> nn.Module:
+    """The module as the runtime runs it: itself for ``torch``, else its ONNX graph in a :class:`RuntimeModule`.
+
+    With ``precision="int8"`` the graph is quantized first (:func:`deploy.quantize.quantize_int8`, calibrated on
+    random inputs: a block that is only timed runs the same kernels whatever its values).
+    """
+    check_precision(runtime, precision)
     if runtime == "torch":
         if provider is not None or graph_optimization is not None:
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino, "
                                "not to the torch runtime")
         return module
     require_runtime(runtime)
-    return build_runtime_module(export_module_onnx(module, input_shape, opset), runtime, threads, provider,
-                                graph_optimization)
+    graph = export_module_onnx(module, input_shape, opset)
+    if precision == "int8":
+        graph = quantize_int8(graph, random_calibration(input_shape))
+    return build_runtime_module(graph, runtime, threads, provider, graph_optimization)
 
 
 def _check_protocol(runtime: str, device: str, dtype: str, channels_last: bool) -> None:
@@ -125,7 +133,7 @@ def measure_in_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime:
                        warmup: int | None = None, samples: int | None = None, threads: int | None = None, *,
                        provider: str | None = None, graph_optimization: str | None = None, dtype: str = "float32",
                        channels_last: bool = False, max_first5_ms: float | None = None, trim: float = TRIM,
-                       opset: int = RUNTIME_OPSET) -> dict[str, Any]:
+                       opset: int = RUNTIME_OPSET, precision: str = "float32") -> dict[str, Any]:
     """Time a module (deploy form) in a runtime with the protocol of :func:`latency.measure.measure_module`.
 
     Args:
@@ -136,19 +144,21 @@ def measure_in_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime:
         warmup, samples, threads, dtype, channels_last, max_first5_ms, trim: as ``measure_module``; ``threads`` is
             also the runtime's intra-op thread count.
         provider, graph_optimization, opset: see :class:`RuntimeModule` and :func:`export_module_onnx`.
+        precision: ``float32``, or ``int8`` (ONNX Runtime: the graph quantized, :func:`to_runtime`).
 
     Returns:
         ``measure_module``'s dict: ``mean_ms``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``n``, ``first5_ms``,
         ``threads``, ``aborted``.
     """
     _check_protocol(runtime, device, dtype, channels_last)
+    check_precision(runtime, precision)
     if runtime == "torch":
         if provider is not None or graph_optimization is not None:
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
         return measure_module(module, input_shape, device, warmup, samples, threads, dtype=dtype,
                               channels_last=channels_last, max_first5_ms=max_first5_ms, trim=trim)
     threads = int(threads or torch.get_num_threads())
-    runner = to_runtime(module, input_shape, runtime, threads, provider, graph_optimization, opset)
+    runner = to_runtime(module, input_shape, runtime, threads, provider, graph_optimization, opset, precision)
     return measure_module(runner, input_shape, "cpu", warmup, samples, threads, max_first5_ms=max_first5_ms,
                           trim=trim)
 
@@ -164,12 +174,14 @@ def measure_block_in_runtime(key_or_spec: str | BlockSpec, batch: int, runtime: 
 
 def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime: str = "torch",
                                 provider: str | None = None, graph_optimization: str | None = None,
-                                repeats: int = 3, seed: int = 0, on_step: Any = None) -> dict[str, dict[str, Any]]:
+                                repeats: int = 3, seed: int = 0, on_step: Any = None,
+                                precision: str = "float32") -> dict[str, dict[str, Any]]:
     """Whole backbones (feature path, deploy form) in a runtime with a table's protocol, in interleaved rounds.
 
     Like :func:`latency.measure.measure_networks` (which it is for ``torch``); every network is exported and loaded
     once, then :func:`latency.measure.measure_interleaved` times them.
     """
+    check_precision(runtime, precision)
     if runtime == "torch":
         return measure_networks(archs, meta, repeats, seed, on_step)
     protocol = meta["protocol"]
@@ -181,8 +193,8 @@ def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime
     side = int(meta["resolution"])
     shape = (int(meta["batch"]), 3, side, side)
     threads = int(meta.get("threads") or torch.get_num_threads())
-    modules = {arch.name: to_runtime(deploy_backbone(arch), shape, runtime, threads, provider, graph_optimization)
-               for arch in archs}
+    modules = {arch.name: to_runtime(deploy_backbone(arch), shape, runtime, threads, provider, graph_optimization,
+                                     precision=precision) for arch in archs}
     return measure_interleaved(modules, shape, repeats, seed, on_step, estimator=protocol.get("estimator",
                                                                                            "trimmed_mean"),
                                device="cpu", warmup=protocol["warmup"], samples=protocol["samples"], threads=threads,
@@ -190,17 +202,18 @@ def measure_networks_in_runtime(archs: list[Arch], meta: dict[str, Any], runtime
 
 
 def runtime_info(runtime: str, provider: str | None = None, graph_optimization: str | None = None,
-                 threads: int | None = None, opset: int = RUNTIME_OPSET) -> dict[str, Any]:
+                 threads: int | None = None, opset: int = RUNTIME_OPSET, precision: str = "float32") -> dict[str, Any]:
     """What a table measured in ``runtime`` records about it (and compares before it is reused).
 
     Returns:
         ``runtime``, ``runtime_version``, ``execution_provider``, ``graph_optimization``, ``threads`` (intra-op),
         and for the graph runtimes ``precision``, ``onnx_opset``, ``onnx_version``, ``onnx_exporter`` and the
-        runtime's own settings (e.g. ``inter_op_threads``).
+        runtime's own settings (e.g. ``inter_op_threads``); an int8 table also ``quantization`` (its settings).
 
     Raises:
         FaceNASError: a missing package (what to pip install), or a provider / level / device the runtime lacks.
     """
+    check_precision(runtime, precision)  # before the import: a precision the runtime lacks is refused anyway
     require_runtime(runtime)
     threads = int(threads or torch.get_num_threads())
     if runtime == "torch":
@@ -208,7 +221,10 @@ def runtime_info(runtime: str, provider: str | None = None, graph_optimization: 
             raise FaceNASError("execution providers and graph-optimisation levels belong to onnxruntime / openvino")
         return {"runtime": "torch", "runtime_version": str(torch.__version__), "execution_provider": "eager",
                 "graph_optimization": None, "threads": threads}
-    return backend(runtime).runtime_info(provider, graph_optimization, threads, opset)
+    info = backend(runtime).runtime_info(provider, graph_optimization, threads, opset)
+    if precision != "float32":
+        info.update(precision=precision, quantization=quantization_settings(calibration="random normal inputs"))
+    return info
 
 
 # ------------------------------------------------------------------------------------ a table's own runtime
@@ -221,6 +237,11 @@ def table_runtime(meta: dict[str, Any]) -> tuple[str, str | None, str | None]:
     return runtime, meta.get("execution_provider"), None if level == "default" else level
 
 
+def table_precision(meta: dict[str, Any]) -> str:
+    """The precision a table was measured in (tables before int8 ones: float32)."""
+    return str(meta.get("precision") or "float32")
+
+
 def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
                         max_first5_ms: float | None = None) -> dict[str, Any]:
     """One block with a table's protocol, in the table's runtime (what the profiler and internal mode measure)."""
@@ -229,7 +250,7 @@ def measure_table_block(key_or_spec: str | BlockSpec, meta: dict[str, Any],
     options: dict[str, Any] = {"dtype": meta["dtype"], "channels_last": meta["memory_format"] == "channels_last",
                                "max_first5_ms": max_first5_ms, "trim": protocol["trim"]}
     if runtime != "torch":
-        options.update(provider=provider, graph_optimization=level)
+        options.update(provider=provider, graph_optimization=level, precision=table_precision(meta))
     return measure_block_in_runtime(key_or_spec, int(meta["batch"]), runtime, meta["device"], protocol["warmup"],
                                     protocol["samples"], meta.get("threads"), **options)
 
@@ -250,7 +271,9 @@ def table_block_timer(key: str, meta: dict[str, Any]) -> Callable[[], float]:
     else:
         _check_protocol(runtime, meta.get("device", "cpu"), meta["dtype"], channels_last)
         threads = int(meta.get("threads") or torch.get_num_threads())
-        module, device = to_runtime(deploy_block(key), shape, runtime, threads, provider, level), "cpu"
+        module = to_runtime(deploy_block(key), shape, runtime, threads, provider, level,
+                            precision=table_precision(meta))
+        device = "cpu"
 
     def time_once() -> float:
         return float(measure_module(module, shape, device, protocol["warmup"], protocol["samples"], threads,
@@ -263,4 +286,5 @@ def measure_table_networks(archs: list[Arch], meta: dict[str, Any], repeats: int
                            on_step: Any = None) -> dict[str, dict[str, Any]]:
     """Whole backbones with a table's protocol, in the table's runtime (calibration and predictor reports)."""
     runtime, provider, level = table_runtime(meta)
-    return measure_networks_in_runtime(archs, meta, runtime, provider, level, repeats, seed, on_step)
+    return measure_networks_in_runtime(archs, meta, runtime, provider, level, repeats, seed, on_step,
+                                       table_precision(meta))

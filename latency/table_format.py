@@ -53,7 +53,7 @@ ESTIMATORS = {"trimmed_mean": "mean_ms", "median": "median_ms", "p10": "p10_ms",
 #: Metadata that must agree before entries of one table may be combined with new measurements.
 IDENTITY_FIELDS = ("metric", "device", "device_name", "machine", "threads", "batch", "resolution", "dtype",
                    "memory_format", "bn_folded", "runtime", "runtime_version", "execution_provider",
-                   "graph_optimization")
+                   "graph_optimization", "precision", "quantization")
 #: What a table that predates runtime-aware tables was measured in.
 DEFAULT_RUNTIME = {"runtime": "torch"}
 _MEASURED_FIELDS = ("device", "device_name", "threads", "dtype", "memory_format", "protocol")
@@ -265,7 +265,7 @@ class TableFile:
                 flag = {"batch": "--batch", "resolution": "--resolution", "threads": "--threads",
                         "device": "--device", "dtype": "--dtype", "memory_format": "--channels-last",
                         "runtime": "--runtime", "execution_provider": "--provider",
-                        "graph_optimization": "--graph-optimization"}.get(field)
+                        "graph_optimization": "--graph-optimization", "precision": "--precision"}.get(field)
                 hint = f"use the table's {flag} value or" if flag else "measure into"
                 raise FaceNASError(f"{self.path}: table has {field}={have!r} but this run has {field}={want!r}; "
                                    f"{hint} {'write to ' if flag else ''}another --out file (nothing was changed)")

@@ -325,6 +325,29 @@ def test_a_table_measured_in_onnx_runtime_records_it_and_refuses_to_mix(device_d
     assert out.read_text() == before
 
 
+def test_an_int8_table_records_its_quantization_and_refuses_to_mix_precisions(device_dir, script):
+    """--precision int8: every block and calibration network quantized (QDQ) before ONNX Runtime times it; the table
+    says so, and neither a float32 run nor an eager run may add to it (nor int8 to a float table)."""
+    pytest.importorskip("onnxruntime")
+    out = device_dir / "ort_int8.json"
+    args = ["--space", "R12", "--resolution", "32", "--threads", "1", "--warmup", "1", "--samples", "3", "--quiet",
+            "--fit-archs", "4", "--random-archs", "2", "--repeats", "1", "--runtime", "onnxruntime", "--out", str(out)]
+    script.main([*args, "--precision", "int8"])
+    table = TableFile.load(out)
+    assert table.runtime == "onnxruntime" and table.meta["precision"] == "int8"
+    quant = table.meta["quantization"]
+    assert quant["format"] == "QDQ" and quant["calibration"] == "random normal inputs"
+    assert table.meta["calibration"]["n_fit"] == 4 and len(table.networks) == 6 and len(table.entries) > 10
+    before = out.read_text()
+    with pytest.raises(script.FaceNASError, match="precision='int8' but this run has precision='float32'"):
+        script.main(args)
+    with pytest.raises(script.FaceNASError, match="precision int8 is not measured in runtime torch"):
+        script.main([*args[:-4], "--out", str(out), "--precision", "int8"])
+    assert out.read_text() == before
+    with pytest.raises(script.FaceNASError, match="precision int8 is not measured in runtime openvino"):
+        script.main([*args[:-4], "--runtime", "openvino", "--out", str(device_dir / "ov.json"), "--precision", "int8"])
+
+
 def test_check_tells_a_stale_table_from_a_valid_one_and_writes_nothing(device_dir):
     """--check re-measures the table's stored networks on the device (alone, like the profiler) and exits 1 only when
     the device has drifted beyond the tolerance."""

@@ -55,6 +55,7 @@ SOURCES = (
     "deploy/onnx_runtime.py",
     "deploy/openvino_runtime.py",
     "deploy/registry.py",
+    "deploy/quantize.py",
     "latency/runtimes.py",
     "latency/profile_cli.py",
 )
