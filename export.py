@@ -19,6 +19,7 @@ Examples:
     python export.py --model R12_V3_HS --what backbone --size 320 320 --out r12_backbone.onnx
     python export.py --checkpoint runs/x/last.pth --nms --static --size 320 320  # fixed shape, NMS in the graph
     python export.py --checkpoint runs/x/last.pth --int8                         # INT8 for ONNX Runtime
+    python export.py --checkpoint runs/x/last.pth --format ncnn                  # ncnn .param/.bin (+ .json)
 
 With ``--int8`` the checked float graph is quantized after training (static, QDQ; :mod:`deploy.quantize`) with
 activation ranges from ``--calibration-images`` training images, and checked against PyTorch again with the looser
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: none; give --model or --checkpoint)")
     source.add_argument("--checkpoint", metavar="CKPT", default=None,
                         help="train.py checkpoint (default: none; give --model or --checkpoint)")
+    parser.add_argument("--format", choices=("onnx", "ncnn"), default="onnx",
+                        help="onnx: one .onnx file (ONNX Runtime, OpenVINO, TensorRT); ncnn: the .ncnn.param / "
+                             ".ncnn.bin pair converted by pnnx (fp32 weights) plus a .ncnn.json, the detector up to "
+                             "its head convolutions, size-generic; needs pip install ncnn pnnx (default: onnx)")
     parser.add_argument("--what", choices=("detector", "backbone"), default="detector",
                         help="the whole detector with prior decoding, or the backbone's three feature maps "
                              "(default: detector)")
@@ -125,8 +130,9 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 
 def default_out(args: argparse.Namespace, name: str) -> Path:
-    """Where the file goes without ``--out``."""
-    suffix = f"_{args.what}" + ("_nms" if args.nms else "") + ("_int8" if args.int8 else "") + ".onnx"
+    """Where the file goes without ``--out`` (for ncnn: the ``.ncnn.param``; the other files share its stem)."""
+    ending = ".ncnn.param" if getattr(args, "format", "onnx") == "ncnn" else ".onnx"
+    suffix = f"_{args.what}" + ("_nms" if args.nms else "") + ("_int8" if args.int8 else "") + ending
     if args.checkpoint is not None:
         checkpoint = Path(args.checkpoint)
         return checkpoint.with_name(checkpoint.stem + suffix)
@@ -163,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nms and args.what != "detector":
         parser.error("--nms needs --what detector")
+    if args.format == "ncnn" and (args.what != "detector" or args.nms or args.int8):
+        parser.error("--format ncnn writes the detector without NMS in float32 (ncnn ports run NMS in their own "
+                     "code, and the ncnn pip packages have no INT8 calibration tools): drop --what backbone / --nms "
+                     "/ --int8")
     if args.checkpoint is not None and args.fpn_channels is not None:
         parser.error("--fpn-channels is for --model; a checkpoint keeps the FPN width it was trained with")
     if min(args.size) < 1 or args.batch < 1:
@@ -195,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.nms else None
     model, name, weights = load_source(args)
     out = Path(args.out) if args.out else default_out(args, name)
+    if args.format == "ncnn":
+        return write_ncnn(args, model, name, weights, out, trace, shapes)
     data = export_onnx(model, args.what, trace, dynamic=not args.static, nms_settings=settings, opset=args.opset,
                        model_name=name, metadata={"weights": weights})
     print(f"{name} {args.what}{' with NMS' if settings else ''} ({weights}), deploy form (BatchNorm folded), "
@@ -218,6 +230,42 @@ def main(argv: list[str] | None = None) -> int:
         data, summary = quantize_and_check(args, model, name, data, trace, shapes, settings)
     atomic_write(out, lambda handle: handle.write(data))
     print(f"{summary}; wrote {out}")
+    return 0
+
+
+def write_ncnn(args: argparse.Namespace, model, name: str, weights: str, out: Path, trace: tuple[int, ...],
+               shapes: list[tuple[int, int, int, int]]) -> int:
+    """Convert with pnnx into a scratch folder, check in ncnn against PyTorch, then move the three files in place."""
+    import shutil
+    import tempfile
+
+    from deploy.ncnn_export import check_ncnn, export_ncnn
+    from deploy.onnx_export import check_summary, largest_difference
+    from engine.ncnn_inference import ncnn_files
+
+    param, _ = ncnn_files(out)
+    stem = Path(str(param)[:-len(".ncnn.param")])
+    with tempfile.TemporaryDirectory(prefix="facenas_ncnn_", dir=stem.parent if stem.parent.is_dir() else None) \
+            as folder:
+        scratch = Path(folder) / stem.name
+        export_ncnn(model, scratch, trace, name, weights, dynamic=not args.static)
+        print(f"{name} detector for ncnn ({weights}), deploy form (BatchNorm folded), pnnx fp32 weights, "
+              f"{'static ' + 'x'.join(map(str, trace)) if args.static else 'size-generic'}: outputs the 9 head maps")
+        rows = check_ncnn(f"{scratch}.ncnn.param", model, shapes, args.tolerance, threads=args.threads)
+        print("ncnn against PyTorch (eval mode, BatchNorm not folded), image-like inputs, raw outputs:")
+        print(check_summary(rows).replace("ONNX - PyTorch", "ncnn - PyTorch"))
+        worst = largest_difference(rows)
+        failed = [row for row in rows if not row["ok"]]
+        if failed:
+            first = failed[0]
+            raise FaceNASError(f"the ncnn conversion does not match PyTorch: {first['output']} on input "
+                               f"{'x'.join(map(str, first['input']))}: scaled difference {first['scaled_diff']:.2e} > "
+                               f"tolerance {args.tolerance:g}; nothing written to {param}")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for ending in (".ncnn.bin", ".ncnn.json", ".ncnn.param"):  # the .param last: its presence means complete
+            shutil.move(f"{scratch}{ending}", f"{stem}{ending}")
+    print(f"largest difference {worst['max_abs_diff']:.3e} ({worst['output']}, input "
+          f"{'x'.join(map(str, worst['input']))}); wrote {stem}.ncnn.param, .ncnn.bin, .ncnn.json")
     return 0
 
 

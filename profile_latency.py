@@ -4,7 +4,7 @@
 # Edit the sources listed below and run `python tools/build_profiler.py` (CI runs it with --check).
 # Self-contained: needs Python >= 3.8 and PyTorch only; copy it alone to the device and run
 #     python profile_latency.py --help
-# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/anchor.py, deploy/onnx_graph.py, deploy/onnx_runtime.py, deploy/openvino_runtime.py, deploy/registry.py, deploy/quantize.py, latency/runtimes.py, latency/profile_cli.py
+# Embedded sources: utils/errors.py, utils/options.py, utils/atomic.py, utils/jsonfile.py, utils/progress.py, models/naming.py, models/blocks.py, models/arch.py, models/backbone.py, models/search_space.py, latency/accuracy.py, latency/calibration.py, latency/table_format.py, latency/measure.py, latency/predict.py, latency/random_archs.py, latency/drift.py, latency/anchor.py, deploy/onnx_graph.py, deploy/onnx_runtime.py, deploy/openvino_runtime.py, deploy/ncnn_runtime.py, deploy/registry.py, deploy/quantize.py, latency/runtimes.py, latency/profile_cli.py
 # ======================================================================================================================
 """profile_latency.py: measure the blocks of a FaceNAS search space on a target device (thesis 3.6.2).
 
@@ -4277,6 +4277,199 @@ def ov_runtime_info(provider: str | None = None, graph_optimization: str | None 
 # -------------------------------------------------- end deploy/openvino_runtime.py
 
 
+# -------------------------------------------------- begin deploy/ncnn_runtime.py
+"""ncnn as a deploy target: PyTorch modules converted by pnnx, run by the ``ncnn`` Python package, and what a table
+records.
+
+Conversion: ``pnnx.export`` traces the module (TorchScript) and writes the ``.ncnn.param`` / ``.ncnn.bin`` pair,
+weights in float32 (``fp16=False``); given a second input shape it writes shape-generic layers, so one detector file
+runs every input size. ncnn reads the pair, not ONNX: this backend takes the module itself.
+
+Settings, the options ncnn users set: ``num_threads`` = the threads asked for, light mode on (intermediate blobs
+freed as soon as they are used), packing layout on, Winograd and sgemm convolution on (ncnn's defaults), and fp16 /
+bf16 storage, packing and arithmetic **off**: a float32 table measures float32 kernels (ncnn would pick fp16 on CPUs
+with ARMv8.2 half precision, a different precision this table does not claim). Vulkan (GPU) is not measured here.
+INT8: the pip packages have no ncnn2table / ncnn2int8 calibration tools, so ncnn INT8 is refused with that reason.
+
+Python 3.8 syntax, torch and the standard library only at import time (ncnn, pnnx and numpy are imported when used):
+``profile_latency.py`` embeds this file.
+"""
+
+import contextlib
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+#: Python packages the runtime needs (pnnx converts, ncnn runs), as pip names them.
+NCNN_PACKAGES = ("ncnn", "pnnx")
+#: The ncnn options every session sets (see the module docstring).
+NCNN_OPTIONS = {"lightmode": True, "use_packing_layout": True, "use_winograd_convolution": True,
+                "use_sgemm_convolution": True, "use_fp16_packed": False, "use_fp16_storage": False,
+                "use_fp16_arithmetic": False, "use_bf16_storage": False, "use_vulkan_compute": False}
+
+
+@contextlib.contextmanager
+def _quiet_output() -> Iterator[None]:
+    """Silence what pnnx's converter prints (from C++, so at the file-descriptor level)."""
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def convert_to_ncnn(module: nn.Module, input_shape: Sequence[int], folder: str | os.PathLike,
+                    second_shape: Sequence[int] | None = None, name: str = "graph") -> tuple[Path, Path]:
+    """Convert a module with pnnx into ``folder/NAME.ncnn.param`` and ``.ncnn.bin`` (float32 weights).
+
+    Args:
+        module: the network (deploy form; put in eval mode).
+        input_shape: the trace input (B, C, H, W).
+        second_shape: a second input shape: pnnx then writes layers that follow the input size (dynamic H, W).
+        name: file stem.
+
+    Raises:
+        FaceNASError: pnnx missing, or the conversion failing or writing nothing.
+    """
+    pnnx = require_packages(["pnnx"], "converting to ncnn")["pnnx"]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    trace = folder / f"{name}.pt"
+    example = (torch.zeros(tuple(int(v) for v in input_shape)),)
+    second = (torch.zeros(tuple(int(v) for v in second_shape)),) if second_shape is not None else None
+    try:
+        with torch.no_grad(), _quiet_output(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice: pnnx traces with it
+            pnnx.export(module.eval(), str(trace), example, second, fp16=False)
+    except Exception as exc:  # noqa: BLE001 - tracing or conversion errors: one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FaceNASError(f"pnnx could not convert {type(module).__name__} {list(input_shape)} to ncnn: "
+                           f"{first[:300]}") from None
+    param, weights = folder / f"{name}.ncnn.param", folder / f"{name}.ncnn.bin"
+    if not param.is_file() or not weights.is_file():
+        raise FaceNASError(f"pnnx wrote no ncnn files for {type(module).__name__} (an operator ncnn lacks?)")
+    return param, weights
+
+
+def ncnn_blob_names(param: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Input and output blob names of a pnnx-written ``.param`` (``in0``..., ``out0``... in order)."""
+    text = Path(param).read_text(encoding="utf-8")
+    names = set(re.findall(r"\b((?:in|out)\d+)\b", text))
+
+    def ordered(prefix: str) -> list[str]:
+        return sorted((n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()),
+                      key=lambda n: int(n[len(prefix):]))
+
+    return ordered("in"), ordered("out")
+
+
+class NcnnSession:
+    """A network in an ncnn ``Net`` with the settings of this module's docstring (the interface of
+    :class:`deploy.onnx_runtime.OrtSession`: ``run`` on a float32 NCHW array, ``outputs``, ``describe``).
+
+    Args:
+        source: a module to convert (with ``input_shape``), or the path of a ``.ncnn.param`` (its ``.ncnn.bin``
+            beside it).
+        threads: ncnn threads (default: PyTorch's current setting).
+        provider: ``cpu`` or unset (Vulkan is not measured here).
+        graph_optimization: must stay unset (ncnn has no levels).
+        input_shape: the trace input of a module ``source``.
+        second_shape: a second trace shape for a size-generic conversion.
+    """
+
+    runtime = "ncnn"
+
+    def __init__(self, source: Any, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None, input_shape: Sequence[int] | None = None,
+                 second_shape: Sequence[int] | None = None, label: str = ""):
+        ncnn = require_packages(["ncnn"], "runtime ncnn")["ncnn"]
+        ncnn_check_settings(provider, graph_optimization)
+        self.threads = int(threads or torch.get_num_threads())
+        if self.threads < 1:
+            raise FaceNASError(f"threads must be >= 1, not {threads}")
+        self.provider, self.graph_optimization = "cpu", "default"
+        self.version = str(getattr(ncnn, "__version__", "?"))
+        self._folder = None
+        if isinstance(source, nn.Module):
+            if input_shape is None:
+                raise FaceNASError("converting a module to ncnn needs its input shape")
+            self._folder = tempfile.TemporaryDirectory(prefix="facenas_ncnn_")
+            param, weights = convert_to_ncnn(source, input_shape, self._folder.name, second_shape)
+        else:
+            param = Path(source)
+            weights = param.with_name(param.name[:-len(".param")] + ".bin") if param.name.endswith(".param") \
+                else param.with_suffix(".bin")
+            where = label or str(param)
+            if not param.is_file() or not weights.is_file():
+                raise FaceNASError(f"{where}: ncnn files not found (need {param.name} and {weights.name})")
+        self.net = ncnn.Net()
+        for key, value in NCNN_OPTIONS.items():
+            setattr(self.net.opt, key, value)
+        self.net.opt.num_threads = self.threads
+        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(weights)) != 0:
+            raise FaceNASError(f"{label or param}: ncnn cannot load it (not a .param/.bin pair ncnn "
+                               f"{self.version} reads)")
+        self.input_names, self.output_names = ncnn_blob_names(param)
+        if len(self.input_names) != 1 or not self.output_names:
+            raise FaceNASError(f"{label or param}: expected one input in0 and outputs out0..., found "
+                               f"{self.input_names} / {self.output_names}")
+        self._mat = ncnn.Mat
+
+    def run(self, array: Any) -> Any:
+        """Run the network on a float32 NCHW array, image by image (ncnn blobs have no batch axis); the runtime's
+        raw outputs."""
+        results = []
+        for image in array:
+            extractor = self.net.create_extractor()
+            extractor.input(self.input_names[0], self._mat(image))
+            results.append([extractor.extract(name)[1] for name in self.output_names])
+        return results
+
+    def outputs(self, raw: Any) -> list[Any]:
+        """The outputs of :meth:`run` as numpy arrays with the batch axis back, in output order."""
+        import numpy as np
+
+        return [np.stack([np.array(per_image[index]) for per_image in raw]) for index in range(len(self.output_names))]
+
+    def describe(self) -> str:
+        return f"ncnn {self.version}, cpu, {self.threads} threads, fp32 (fp16 off), light mode, packing layout"
+
+
+def ncnn_check_settings(provider: str | None, graph_optimization: str | None) -> None:
+    """ncnn runs on the CPU here and has no optimisation levels."""
+    if provider not in (None, "cpu", "CPU"):
+        raise FaceNASError(f"ncnn runs on the CPU here (got --provider {provider!r}); Vulkan is not measured")
+    if graph_optimization not in (None, "default"):
+        raise FaceNASError(f"ncnn has no graph-optimisation levels (got {graph_optimization!r}); leave it unset")
+
+
+def ncnn_runtime_info(provider: str | None = None, graph_optimization: str | None = None, threads: int | None = None,
+                      opset: int = 0) -> dict[str, Any]:
+    """What a table measured in ncnn records about it (and compares before it is reused)."""
+    modules = require_packages(NCNN_PACKAGES, "runtime ncnn")
+    ncnn_check_settings(provider, graph_optimization)
+    return {"runtime": "ncnn", "runtime_version": str(getattr(modules["ncnn"], "__version__", "?")),
+            "execution_provider": "cpu", "graph_optimization": "default",
+            "threads": int(threads or torch.get_num_threads()), "precision": "float32",
+            "ncnn_options": dict(NCNN_OPTIONS), "converter": f"pnnx {getattr(modules['pnnx'], '__version__', '?')} "
+            f"(TorchScript trace, torch {torch.__version__}, fp32 weights)"}
+# -------------------------------------------------- end deploy/ncnn_runtime.py
+
+
 # -------------------------------------------------- begin deploy/registry.py
 """Runtime name -> its backend: the session class, the packages it needs and what a table records about it.
 
@@ -4298,12 +4491,15 @@ class Backend(NamedTuple):
     packages: tuple[str, ...]
     runtime_info: Callable[..., dict[str, Any]]
     precisions: tuple[str, ...] = ("float32",)
+    #: the session converts the PyTorch module itself (ncnn, via pnnx) instead of taking an ONNX graph
+    takes_module: bool = False
 
 
 #: Runtimes that run exported graphs (eager ``torch`` is not one: it runs the module itself).
 BACKENDS = {
     "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info, ("float32", "int8")),
     "openvino": Backend(OpenVinoSession, OV_PACKAGES, ov_runtime_info),
+    "ncnn": Backend(NcnnSession, NCNN_PACKAGES, ncnn_runtime_info, takes_module=True),
 }
 #: The runtimes a table can be measured in.
 RUNTIME_CHOICES = ("torch", *BACKENDS)
@@ -4333,7 +4529,8 @@ def backend(runtime: str) -> Backend:
 
 def open_session(source: Any, runtime: str, threads: int | None = None, provider: str | None = None,
                  graph_optimization: str | None = None, **options: Any) -> Any:
-    """A session of ``runtime`` for an ONNX graph (bytes or, for ONNX Runtime, a path)."""
+    """A session of ``runtime``: for an ONNX graph (bytes or, for ONNX Runtime, a path), or for a backend that
+    ``takes_module``, the module (with ``input_shape=``) or its converted files."""
     require_runtime(runtime)
     return backend(runtime).session(source, threads, provider, graph_optimization, **options)
 
@@ -4342,7 +4539,9 @@ def check_precision(runtime: str, precision: str) -> None:
     """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
     have = ("float32",) if runtime == "torch" else backend(runtime).precisions
     if precision not in have:
-        raise FaceNASError(f"precision {precision} is not measured in runtime {runtime} here (it has "
+        why = " (the ncnn pip packages have no int8 calibration tools: ncnn2table / ncnn2int8)" \
+            if runtime == "ncnn" else ""
+        raise FaceNASError(f"precision {precision} is not measured in runtime {runtime} here{why} (it has "
                            f"{', '.join(have)}); int8 runs in --runtime onnxruntime")
 # -------------------------------------------------- end deploy/registry.py
 
@@ -4539,27 +4738,29 @@ def export_module_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: i
 
 
 class RuntimeModule(nn.Module):
-    """An ONNX graph loaded into a graph runtime (ONNX Runtime, OpenVINO, ...), called like a module.
+    """A network loaded into a deploy runtime (ONNX Runtime, OpenVINO, ncnn, ...), called like a module.
 
-    ``module(x)`` runs the graph once on ``x`` (CPU float32) and returns the runtime's raw outputs without copying
-    them (what :func:`latency.measure.measure_module` times); :meth:`outputs` returns copies as tensors.
+    ``module(x)`` runs it once on ``x`` (CPU float32) and returns the runtime's raw outputs without copying them
+    (what :func:`latency.measure.measure_module` times); :meth:`outputs` returns copies as tensors.
 
     Args:
-        onnx_bytes: the graph (one input).
+        graph: the ONNX graph (one input), or for a runtime that converts modules itself (ncnn) the module, with
+            ``input_shape`` in ``options``.
         runtime: a runtime of :data:`deploy.registry.BACKENDS`.
         threads: intra-op threads (default: PyTorch's current setting).
         provider: ONNX Runtime execution provider (short or full name) or OpenVINO device (default: the CPU).
-        graph_optimization: ONNX Runtime level (default ``all``); must stay unset for OpenVINO.
+        graph_optimization: ONNX Runtime level (default ``all``); must stay unset for OpenVINO and ncnn.
+        options: more keywords of the runtime's session.
     """
 
-    def __init__(self, onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
-                 graph_optimization: str | None = None):
+    def __init__(self, graph: Any, runtime: str, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None, **options: Any):
         super().__init__()
         require_runtime(runtime)
         if runtime == "torch":
             raise FaceNASError("RuntimeModule runs exported graphs; the torch runtime runs the module itself")
         self.runtime = runtime
-        self.session = open_session(onnx_bytes, runtime, threads, provider, graph_optimization)
+        self.session = open_session(graph, runtime, threads, provider, graph_optimization, **options)
         self.threads = self.session.threads
         self.provider = self.session.provider
         self.graph_optimization = self.session.graph_optimization
@@ -4578,7 +4779,7 @@ class RuntimeModule(nn.Module):
 def build_runtime_module(onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
                          graph_optimization: str | None = None) -> RuntimeModule:
     """Load an ONNX graph into a runtime (see :class:`RuntimeModule`)."""
-    return RuntimeModule(onnx_bytes, runtime, threads, provider, graph_optimization)
+    return RuntimeModule(onnx_bytes, runtime, threads, provider, graph_optimization)  # an ONNX graph runtime
 
 
 def to_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", threads: int | None = None,
@@ -4596,6 +4797,8 @@ def to_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "
                                "not to the torch runtime")
         return module
     require_runtime(runtime)
+    if backend(runtime).takes_module:
+        return RuntimeModule(module.eval(), runtime, threads, provider, graph_optimization, input_shape=input_shape)
     graph = export_module_onnx(module, input_shape, opset)
     if precision == "int8":
         graph = quantize_int8(graph, random_calibration(input_shape))
@@ -4905,7 +5108,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
                      help="the runtime the network will be deployed with: torch = eager PyTorch; onnxruntime / "
                           "openvino = every block (and calibration network) exported to its own ONNX graph and run "
-                          "there, CPU device; needs pip install onnx plus the runtime (default: torch)")
+                          "there, CPU device, needs pip install onnx plus the runtime; ncnn = every block converted by "
+                          "pnnx (fp32 weights) and run by ncnn with light mode and packing layout, fp16 off, needs "
+                          "pip install ncnn pnnx (default: torch)")
     how.add_argument("--provider", metavar="NAME",
                      help="onnxruntime execution provider (cpu, cuda, tensorrt, or a full provider name) or openvino "
                           "device (CPU, GPU) (default: cpu / CPU)")
@@ -4943,9 +5148,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--anchor", choices=ANCHOR_CHOICES, default="auto",
                      help="re-time one mid-sized reference block before every block and divide the device's speed "
                           "drift during the pass out of the table (each entry records its drift_factor; about one "
-                          "extra block timing per block): auto = on for onnxruntime / openvino, whose passes take "
-                          "minutes, off for torch; use on for slow or throttling devices; decided when the table is "
-                          "created and kept on resume (default: auto)")
+                          "extra block timing per block): auto = on for onnxruntime / openvino / ncnn, whose passes "
+                          "take minutes, off for torch; use on for slow or throttling devices; decided when the table "
+                          "is created and kept on resume (default: auto)")
     how.add_argument("--rest", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="SECONDS",
                      help="pause between block families to let the device cool (default: 0; 30-60 s on a "
                           "Raspberry Pi without a fan)")
@@ -5225,7 +5430,7 @@ def main(argv: list[str] | None = None) -> None:
     log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
     if args.runtime == "torch" and (args.provider or args.graph_optimization):
-        raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
+        raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino / ncnn")
     runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads,
                            precision=args.precision)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,

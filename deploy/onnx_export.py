@@ -286,12 +286,13 @@ def ort_session(onnx_bytes: bytes, threads: int | None = None, provider: str | N
     return OrtSession(onnx_bytes, threads, provider, label="the export")
 
 
-def _compare(name: str, ref: torch.Tensor, got: Any, tolerance: float) -> dict[str, Any]:
+def compare_output(name: str, ref: torch.Tensor, got: Any, tolerance: float) -> dict[str, Any]:
+    """One output against its PyTorch reference: largest difference, scaled by max(1, largest |reference|)."""
     got = torch.as_tensor(got)
     row: dict[str, Any] = {"output": name, "shape": list(ref.shape)}
     if tuple(got.shape) != tuple(ref.shape):
         return {**row, "max_abs_diff": float("inf"), "max_abs_ref": None, "scaled_diff": float("inf"), "ok": False,
-                "note": f"ONNX Runtime gave shape {list(got.shape)}"}
+                "note": f"the runtime gave shape {list(got.shape)}"}
     diff = (got.double() - ref.double()).abs().max().item() if ref.numel() else 0.0
     scale = ref.abs().max().item() if ref.numel() else 0.0
     scaled = diff / max(1.0, scale)
@@ -328,7 +329,7 @@ def check_onnx(onnx_bytes: bytes, reference: nn.Module, kind: str, shapes: Seque
                 continue
             expected = module(x)
         for name, ref, out in zip(names, expected, got):
-            rows.append({"input": [int(v) for v in shape], **_compare(name, ref, out, tolerance)})
+            rows.append({"input": [int(v) for v in shape], **compare_output(name, ref, out, tolerance)})
     return rows
 
 

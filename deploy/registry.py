@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from deploy.ncnn_runtime import NCNN_PACKAGES, NcnnSession, ncnn_runtime_info
 from deploy.onnx_graph import require_packages
 from deploy.onnx_runtime import ORT_PACKAGES, OrtSession, ort_runtime_info
 from deploy.openvino_runtime import OV_PACKAGES, OpenVinoSession, ov_runtime_info
@@ -23,12 +24,15 @@ class Backend(NamedTuple):
     packages: tuple[str, ...]
     runtime_info: Callable[..., dict[str, Any]]
     precisions: tuple[str, ...] = ("float32",)
+    #: the session converts the PyTorch module itself (ncnn, via pnnx) instead of taking an ONNX graph
+    takes_module: bool = False
 
 
 #: Runtimes that run exported graphs (eager ``torch`` is not one: it runs the module itself).
 BACKENDS = {
     "onnxruntime": Backend(OrtSession, ORT_PACKAGES, ort_runtime_info, ("float32", "int8")),
     "openvino": Backend(OpenVinoSession, OV_PACKAGES, ov_runtime_info),
+    "ncnn": Backend(NcnnSession, NCNN_PACKAGES, ncnn_runtime_info, takes_module=True),
 }
 #: The runtimes a table can be measured in.
 RUNTIME_CHOICES = ("torch", *BACKENDS)
@@ -58,7 +62,8 @@ def backend(runtime: str) -> Backend:
 
 def open_session(source: Any, runtime: str, threads: int | None = None, provider: str | None = None,
                  graph_optimization: str | None = None, **options: Any) -> Any:
-    """A session of ``runtime`` for an ONNX graph (bytes or, for ONNX Runtime, a path)."""
+    """A session of ``runtime``: for an ONNX graph (bytes or, for ONNX Runtime, a path), or for a backend that
+    ``takes_module``, the module (with ``input_shape=``) or its converted files."""
     require_runtime(runtime)
     return backend(runtime).session(source, threads, provider, graph_optimization, **options)
 
@@ -67,5 +72,7 @@ def check_precision(runtime: str, precision: str) -> None:
     """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
     have = ("float32",) if runtime == "torch" else backend(runtime).precisions
     if precision not in have:
-        raise FaceNASError(f"precision {precision} is not measured in runtime {runtime} here (it has "
+        why = " (the ncnn pip packages have no int8 calibration tools: ncnn2table / ncnn2int8)" \
+            if runtime == "ncnn" else ""
+        raise FaceNASError(f"precision {precision} is not measured in runtime {runtime} here{why} (it has "
                            f"{', '.join(have)}); int8 runs in --runtime onnxruntime")

@@ -50,7 +50,8 @@ class EvalSettings:
 
 def load_inference_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
     """A ``train.py`` checkpoint, or a detector exported by ``export.py`` (``.onnx``, run in ONNX Runtime by
-    :class:`engine.onnx_inference.OnnxDetector`), ready for :func:`detect_image`; and a description for the log.
+    :class:`engine.onnx_inference.OnnxDetector`; ``.ncnn.param``, run in ncnn by
+    :class:`engine.ncnn_inference.NcnnDetector`), ready for :func:`detect_image`; and a description for the log.
 
     Raises:
         FaceNASError: a file that is neither (names it).
@@ -59,6 +60,11 @@ def load_inference_model(path: str | Path, device: torch.device | str = "cpu") -
         from engine.onnx_inference import OnnxDetector
 
         detector = OnnxDetector(path, device)
+        return detector, detector.description
+    if Path(path).name.endswith((".ncnn.param", ".ncnn.bin", ".ncnn.json")):
+        from engine.ncnn_inference import NcnnDetector
+
+        detector = NcnnDetector(path, device)
         return detector, detector.description
     from engine.checkpoint import load_detector
 

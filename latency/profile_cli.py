@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--runtime", choices=RUNTIME_CHOICES, default="torch",
                      help="the runtime the network will be deployed with: torch = eager PyTorch; onnxruntime / "
                           "openvino = every block (and calibration network) exported to its own ONNX graph and run "
-                          "there, CPU device; needs pip install onnx plus the runtime (default: torch)")
+                          "there, CPU device, needs pip install onnx plus the runtime; ncnn = every block converted by "
+                          "pnnx (fp32 weights) and run by ncnn with light mode and packing layout, fp16 off, needs "
+                          "pip install ncnn pnnx (default: torch)")
     how.add_argument("--provider", metavar="NAME",
                      help="onnxruntime execution provider (cpu, cuda, tensorrt, or a full provider name) or openvino "
                           "device (CPU, GPU) (default: cpu / CPU)")
@@ -213,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--anchor", choices=ANCHOR_CHOICES, default="auto",
                      help="re-time one mid-sized reference block before every block and divide the device's speed "
                           "drift during the pass out of the table (each entry records its drift_factor; about one "
-                          "extra block timing per block): auto = on for onnxruntime / openvino, whose passes take "
-                          "minutes, off for torch; use on for slow or throttling devices; decided when the table is "
-                          "created and kept on resume (default: auto)")
+                          "extra block timing per block): auto = on for onnxruntime / openvino / ncnn, whose passes "
+                          "take minutes, off for torch; use on for slow or throttling devices; decided when the table "
+                          "is created and kept on resume (default: auto)")
     how.add_argument("--rest", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="SECONDS",
                      help="pause between block families to let the device cool (default: 0; 30-60 s on a "
                           "Raspberry Pi without a fan)")
@@ -495,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     log_path = check_output_file(args.log, "--log") if args.log else out.with_suffix(".log")
     remove_stale_temporaries(out.parent, [out.name])  # of a run killed inside a table write
     if args.runtime == "torch" and (args.provider or args.graph_optimization):
-        raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino")
+        raise FaceNASError("--provider and --graph-optimization belong to --runtime onnxruntime / openvino / ncnn")
     runtime = runtime_info(args.runtime, args.provider, args.graph_optimization, threads,
                            precision=args.precision)
     meta = machine_meta(device, batch, resolution, threads, args.warmup, args.samples, args.dtype, args.channels_last,

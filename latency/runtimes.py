@@ -54,27 +54,29 @@ def export_module_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: i
 
 
 class RuntimeModule(nn.Module):
-    """An ONNX graph loaded into a graph runtime (ONNX Runtime, OpenVINO, ...), called like a module.
+    """A network loaded into a deploy runtime (ONNX Runtime, OpenVINO, ncnn, ...), called like a module.
 
-    ``module(x)`` runs the graph once on ``x`` (CPU float32) and returns the runtime's raw outputs without copying
-    them (what :func:`latency.measure.measure_module` times); :meth:`outputs` returns copies as tensors.
+    ``module(x)`` runs it once on ``x`` (CPU float32) and returns the runtime's raw outputs without copying them
+    (what :func:`latency.measure.measure_module` times); :meth:`outputs` returns copies as tensors.
 
     Args:
-        onnx_bytes: the graph (one input).
+        graph: the ONNX graph (one input), or for a runtime that converts modules itself (ncnn) the module, with
+            ``input_shape`` in ``options``.
         runtime: a runtime of :data:`deploy.registry.BACKENDS`.
         threads: intra-op threads (default: PyTorch's current setting).
         provider: ONNX Runtime execution provider (short or full name) or OpenVINO device (default: the CPU).
-        graph_optimization: ONNX Runtime level (default ``all``); must stay unset for OpenVINO.
+        graph_optimization: ONNX Runtime level (default ``all``); must stay unset for OpenVINO and ncnn.
+        options: more keywords of the runtime's session.
     """
 
-    def __init__(self, onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
-                 graph_optimization: str | None = None):
+    def __init__(self, graph: Any, runtime: str, threads: int | None = None, provider: str | None = None,
+                 graph_optimization: str | None = None, **options: Any):
         super().__init__()
         require_runtime(runtime)
         if runtime == "torch":
             raise FaceNASError("RuntimeModule runs exported graphs; the torch runtime runs the module itself")
         self.runtime = runtime
-        self.session = open_session(onnx_bytes, runtime, threads, provider, graph_optimization)
+        self.session = open_session(graph, runtime, threads, provider, graph_optimization, **options)
         self.threads = self.session.threads
         self.provider = self.session.provider
         self.graph_optimization = self.session.graph_optimization
@@ -93,7 +95,7 @@ class RuntimeModule(nn.Module):
 def build_runtime_module(onnx_bytes: bytes, runtime: str, threads: int | None = None, provider: str | None = None,
                          graph_optimization: str | None = None) -> RuntimeModule:
     """Load an ONNX graph into a runtime (see :class:`RuntimeModule`)."""
-    return RuntimeModule(onnx_bytes, runtime, threads, provider, graph_optimization)
+    return RuntimeModule(onnx_bytes, runtime, threads, provider, graph_optimization)  # an ONNX graph runtime
 
 
 def to_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", threads: int | None = None,
@@ -111,6 +113,8 @@ def to_runtime(module: nn.Module, input_shape: tuple[int, ...], runtime: str = "
                                "not to the torch runtime")
         return module
     require_runtime(runtime)
+    if backend(runtime).takes_module:
+        return RuntimeModule(module.eval(), runtime, threads, provider, graph_optimization, input_shape=input_shape)
     graph = export_module_onnx(module, input_shape, opset)
     if precision == "int8":
         graph = quantize_int8(graph, random_calibration(input_shape))

@@ -137,5 +137,12 @@ class RetinaFace(nn.Module):
         """Detections in input-pixel coordinates for a preprocessed batch; kwargs go to :func:`postprocess`."""
         loc, logits, landmarks = self(images)
         size = tuple(images.shape[-2:])
-        scores = logits.float().softmax(-1)[..., 1]
-        return postprocess(loc.float(), scores, landmarks.float(), self.priors(size, images.device), size, **kwargs)
+        return detections_from_outputs(loc, logits, landmarks, self.priors(size, images.device), size, **kwargs)
+
+
+def detections_from_outputs(loc: torch.Tensor, logits: torch.Tensor, landmarks: torch.Tensor, priors: torch.Tensor,
+                            size: tuple[int, int], **kwargs: Any) -> list[dict[str, torch.Tensor]]:
+    """RetinaFace's raw outputs -> detections per image in input pixels (softmax scores, :func:`postprocess`); the
+    runtimes that return raw outputs (ncnn) share it."""
+    scores = logits.float().softmax(-1)[..., 1]
+    return postprocess(loc.float(), scores, landmarks.float(), priors, size, **kwargs)

@@ -348,6 +348,20 @@ def test_an_int8_table_records_its_quantization_and_refuses_to_mix_precisions(de
         script.main([*args[:-4], "--runtime", "openvino", "--out", str(device_dir / "ov.json"), "--precision", "int8"])
 
 
+def test_an_ncnn_table_is_measured_in_ncnn_and_calibrated(device_dir, script):
+    """--runtime ncnn: every block and calibration network converted by pnnx and timed in ncnn, recorded in meta."""
+    pytest.importorskip("ncnn", reason="optional runtime: pip install -r requirements-deploy.txt")
+    pytest.importorskip("pnnx", reason="optional converter: pip install -r requirements-deploy.txt")
+    out = device_dir / "ncnn.json"
+    script.main(["--space", "R12", "--resolution", "32", "--threads", "1", "--warmup", "1", "--samples", "3",
+                 "--quiet", "--fit-archs", "4", "--random-archs", "2", "--repeats", "1", "--runtime", "ncnn",
+                 "--out", str(out)])
+    table = TableFile.load(out)
+    assert table.runtime == "ncnn" and table.meta["precision"] == "float32"
+    assert table.meta["ncnn_options"]["use_fp16_storage"] is False and table.meta["converter"].startswith("pnnx")
+    assert table.meta["calibration"]["n_fit"] == 4 and len(table.networks) == 6 and len(table.entries) > 10
+
+
 def test_check_tells_a_stale_table_from_a_valid_one_and_writes_nothing(device_dir):
     """--check re-measures the table's stored networks on the device (alone, like the profiler) and exits 1 only when
     the device has drifted beyond the tolerance."""

@@ -176,7 +176,7 @@ def test_bad_runtime_settings_are_one_line_errors():
 
 
 EMBEDDED_RUNTIME_FILES = ("deploy/onnx_graph.py", "deploy/onnx_runtime.py", "deploy/openvino_runtime.py",
-                          "deploy/registry.py", "deploy/quantize.py", "latency/runtimes.py")
+                          "deploy/ncnn_runtime.py", "deploy/registry.py", "deploy/quantize.py", "latency/runtimes.py")
 
 
 @pytest.mark.parametrize("source", EMBEDDED_RUNTIME_FILES)
@@ -195,7 +195,8 @@ def test_the_runtime_files_can_be_embedded_in_the_device_profiler(source):
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.parse(text).body
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "collections", "importlib", "inspect", "io", "logging", "os", "pathlib",
+    assert imported <= {"__future__", "collections", "contextlib", "importlib", "inspect", "io", "logging", "os",
+                        "pathlib", "re",
                         "tempfile", "warnings", "typing",
                         "torch", "deploy", "latency", "models", "utils"}, imported
     built = build_profiler.build()

@@ -54,6 +54,7 @@ SOURCES = (
     "deploy/onnx_graph.py",
     "deploy/onnx_runtime.py",
     "deploy/openvino_runtime.py",
+    "deploy/ncnn_runtime.py",
     "deploy/registry.py",
     "deploy/quantize.py",
     "latency/runtimes.py",
