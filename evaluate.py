@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("Run a checkpoint first (--checkpoint)")
     group.add_argument("--checkpoint", metavar="CKPT", default=None,
-                       help="train.py checkpoint, or a detector exported by export.py (.onnx, run in ONNX Runtime "
-                            "with the same pre- and post-processing), to run over the val images of --data-root "
-                            "(default: none)")
+                       help="train.py checkpoint, or a detector exported by export.py (.onnx, float or --int8, run "
+                            "in ONNX Runtime; .ncnn.param, run in ncnn) with the same pre- and post-processing, to "
+                            "run over the val images of --data-root (default: none)")
     group.add_argument("--test-size", type=int_range(32, also=(0,)), default=0, metavar="PX",
                        help="test scale: short side in pixels with the long side capped at --test-max-size; 0 = "
                             "original size, as in the thesis (default: 0)")
@@ -248,6 +248,8 @@ def default_pred_dir(checkpoint: str | os.PathLike, test_size: int = 0) -> Path:
     export ``DIR/STEM_widerface_val[_sSIZE]`` (so it never replaces the checkpoint's own predictions)."""
     suffix = f"_s{test_size}" if test_size else ""
     path = Path(checkpoint).resolve()
+    if path.name.endswith(".ncnn.param"):
+        return path.parent / f"{path.name[:-len('.ncnn.param')]}_ncnn_widerface_val{suffix}"
     prefix = f"{path.stem}_" if path.suffix.lower() == ".onnx" else ""
     return path.parent / f"{prefix}widerface_val{suffix}"
 
@@ -375,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--checkpoint writes one prediction folder: give at most one --pred-dir with it")
     if args.label and len(args.label) != max(1, len(pred_dirs)):
         parser.error(f"give one --label per --pred-dir ({len(args.label)} labels for {len(pred_dirs)} folders)")
-    if args.latency and args.model is None and str(args.checkpoint).lower().endswith(".onnx"):
-        raise FaceNASError(f"{args.checkpoint}: --latency times a PyTorch backbone; for an ONNX export give --model "
-                           "NAME (ONNX Runtime timing: docs/DEPLOY.md)")
+    if args.latency and args.model is None and str(args.checkpoint).lower().endswith((".onnx", ".ncnn.param")):
+        raise FaceNASError(f"{args.checkpoint}: --latency times a PyTorch backbone; for an export give --model "
+                           "NAME (runtime timing: docs/DEPLOY.md)")
     _check_outputs(args)
     if args.checkpoint is not None or args.pred_dir is not None:
         if args.checkpoint is not None:

@@ -1,9 +1,11 @@
-"""Benchmark (TIMING: run it on a quiet machine): every registered backbone in eager PyTorch, ONNX Runtime and
-OpenVINO, side by side in one run.
+"""Benchmark (TIMING: run it on a quiet machine): every registered backbone in eager PyTorch, ONNX Runtime (float32
+and INT8), OpenVINO and ncnn, side by side in one run.
 
 Each backbone (``features_only``: the three FPN inputs, deploy form with BatchNorm folded, random weights) is
 exported once to a static ONNX graph ([1,3,320,320] by default) and loaded into ONNX Runtime (CPUExecutionProvider,
-graph optimisation ``all``) and OpenVINO (CPU, LATENCY hint, f32), with ``latency.runtimes``. For each thread count
+graph optimisation ``all``; ``onnxruntime-int8``: the graph quantized first, static QDQ with per-channel int8
+weights) and OpenVINO (CPU, LATENCY hint, f32), or converted by pnnx for ncnn (fp32, light mode, packing layout),
+with ``latency.runtimes.to_runtime``. For each thread count
 (1 and 2 by default) all networks in all runtimes are timed in interleaved rounds
 (``latency.measure.measure_interleaved``: each round visits every (network, runtime) pair in a fresh random order,
 each visit is the table protocol: warm-up, samples, trimmed mean), so slow drifts of the machine hit all alike. The
@@ -40,13 +42,21 @@ import torch  # noqa: E402
 import models  # noqa: E402  (registers the facenas_* models)
 from deploy.registry import RUNTIME_CHOICES  # noqa: E402
 from latency.measure import cpu_model, load_average, measure_interleaved, protocol_defaults  # noqa: E402
-from latency.runtimes import build_runtime_module, export_module_onnx, runtime_info  # noqa: E402
+from latency.runtimes import runtime_info, to_runtime  # noqa: E402
 from models.backbone import deploy_form  # noqa: E402
 from utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.errors import FaceNASError, run_cli  # noqa: E402
 from utils.progress import Progress  # noqa: E402
 
-SHORT = {"torch": "torch", "onnxruntime": "ORT", "openvino": "OV"}
+SHORT = {"torch": "torch", "onnxruntime": "ORT", "onnxruntime-int8": "ORT-int8", "openvino": "OV", "ncnn": "ncnn"}
+#: What can be compared: every runtime, and ONNX Runtime with the graphs quantized to INT8 (deploy.quantize).
+VARIANTS = (*RUNTIME_CHOICES, "onnxruntime-int8")
+
+
+def split_variant(variant: str) -> tuple[str, str]:
+    """``onnxruntime-int8`` -> ``("onnxruntime", "int8")``; a runtime alone is float32."""
+    runtime, _, precision = variant.partition("-")
+    return runtime, precision or "float32"
 
 
 def registered_backbones() -> list[str]:
@@ -67,7 +77,7 @@ def geometric_mean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def measure(names: list[str], runtimes: list[str], shape: tuple[int, ...], threads: int, graphs: dict[str, bytes],
+def measure(names: list[str], runtimes: list[str], shape: tuple[int, ...], threads: int,
             eager: dict[str, torch.nn.Module], protocol: dict, repeats: int, seed: int,
             interleave: str = "all") -> dict:
     """All (network, runtime) pairs at one thread count; returns ``"name|runtime"`` -> rounds.
@@ -78,8 +88,9 @@ def measure(names: list[str], runtimes: list[str], shape: tuple[int, ...], threa
     modules = {}
     for name in names:
         for runtime in runtimes:
+            backend, precision = split_variant(runtime)
             modules[f"{name}|{runtime}"] = eager[name] if runtime == "torch" else \
-                build_runtime_module(graphs[name], runtime, threads)
+                to_runtime(eager[name], shape, backend, threads, precision=precision)
     groups = [modules] if interleave == "all" else \
         [{key: module for key, module in modules.items() if key.endswith(f"|{runtime}")} for runtime in runtimes]
     bar = Progress(len(modules) * repeats, f"{threads} thread{'s' if threads > 1 else ''}", "measurement")
@@ -151,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--names", nargs="*", default=None,
                         help="backbones (default: every registered facenas_* network and resnet50)")
-    parser.add_argument("--runtimes", nargs="+", choices=RUNTIME_CHOICES, default=list(RUNTIME_CHOICES),
-                        help=f"runtimes; torch is always included (default: {' '.join(RUNTIME_CHOICES)})")
+    parser.add_argument("--runtimes", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help=f"runtimes (onnxruntime-int8: ONNX Runtime with every graph quantized, static QDQ); "
+                             f"torch is always included (default: {' '.join(VARIANTS)})")
     parser.add_argument("--size", type=int, default=320, help="input side (default: 320)")
     parser.add_argument("--batch", type=int, default=1, help="batch (default: 1)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
@@ -171,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.threads) < 1 or args.repeats < 1 or args.samples < 1 or args.warmup < 0 or args.size < 32:
         raise FaceNASError("--threads, --repeats and --samples must be >= 1, --warmup >= 0, --size >= 32")
     runtimes = ["torch"] + [r for r in args.runtimes if r != "torch"]
-    info = {runtime: runtime_info(runtime, threads=args.threads[0]) for runtime in runtimes}  # fails early if missing
+    info = {runtime: runtime_info(split_variant(runtime)[0], threads=args.threads[0],
+                                  precision=split_variant(runtime)[1]) for runtime in runtimes}  # fails early
     names = registered_backbones() if args.names is None else args.names
     shape = (args.batch, 3, args.size, args.size)
     torch.manual_seed(0)
     eager = {name: deploy_form(models.create_backbone(name).eval()) for name in names}
-    graphs = {name: export_module_onnx(module, shape) for name, module in eager.items()}
     protocol = {"warmup": args.warmup, "samples": args.samples}
     report = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "cpu": cpu_model(), "cpu_count": os.cpu_count(),
@@ -186,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
               "runtime_info": {r: {k: v for k, v in i.items() if k != "threads"} for r, i in info.items()},
               "timings": {}, "results": {}}
     for threads in args.threads:
-        timings = measure(names, runtimes, shape, threads, graphs, eager, protocol, args.repeats, args.seed,
+        timings = measure(names, runtimes, shape, threads, eager, protocol, args.repeats, args.seed,
                           args.interleave)
         report["timings"][str(threads)] = timings
         report["results"][str(threads)] = summarise(names, runtimes, timings)

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OptionParser(prog="tools/detect.py", description=__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="checkpoint written by train.py, or a detector exported by export.py (.onnx, run in "
-                             "ONNX Runtime) (required)")
+                             "ONNX Runtime; .ncnn.param, run in ncnn) (required)")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="an image file or a folder of images (searched recursively) (required)")
     parser.add_argument("--out-dir", default="detections", metavar="DIR",
