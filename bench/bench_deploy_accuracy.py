@@ -1,0 +1,118 @@
+"""What INT8 and ncnn cost in accuracy (issue 23; a benchmark, not a test): the same trained detector evaluated with
+the official WIDER FACE protocol in PyTorch, ONNX Runtime float32, ONNX Runtime INT8 and ncnn.
+
+For each ``train.py`` checkpoint: ``export.py`` writes the float32 ONNX detector, the INT8 one (``--int8``, the
+default calibration: 64 training images, minmax) and, when the plain INT8 AP drops by more than ``--max-drop`` points
+in any setting, INT8 variants with layers kept in float (``--int8-keep-float first``, ``heads``, ``first heads``);
+and the ncnn detector (``--format ncnn``). Every file is run over the val set by ``evaluate.py`` (original image
+size, SPEC section 8 test settings). Accuracy only: timing these files belongs to ``bench/bench_runtimes.py`` on a
+quiet machine. Each file and score is kept in ``--out`` and skipped when found, so the benchmark resumes.
+
+    python bench/bench_deploy_accuracy.py --checkpoint mobile0.25=runs/m/last.pth --checkpoint R12_V3_HS=runs/r/last.pth
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+
+SETTINGS = ("easy", "medium", "hard")
+KEEP_FLOAT = (("first",), ("heads",), ("first", "heads"))
+
+
+def run(command: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+
+
+def scored(name: str, model_file: Path, folder: Path, threads: int, data_root: str | None) -> dict[str, Any]:
+    """AP of one model file (cached in ``folder/NAME.eval.json``)."""
+    result = folder / f"{name}.eval.json"
+    if not result.is_file():
+        run([sys.executable, "evaluate.py", "--checkpoint", str(model_file), "--pred-dir", str(folder / f"{name}_pred"),
+             "--json", str(result), "--device", "cpu", "--threads", str(threads),
+             *(["--data-root", data_root] if data_root else [])],
+            folder / "log.txt")
+    data = json.loads(result.read_text())
+    return {s: 100 * float(data[s]) for s in SETTINGS}
+
+
+def exported(args: argparse.Namespace, checkpoint: Path, target: Path, extra: list[str]) -> Path:
+    if not target.is_file():
+        run([sys.executable, "export.py", "--checkpoint", str(checkpoint), "--out", str(target), "--threads",
+             str(args.threads), *extra, *(["--data-root", args.data_root] if args.data_root and "--int8" in extra
+                                          else [])], target.parent / "log.txt")
+    return target
+
+
+def study(args: argparse.Namespace, label: str, checkpoint: Path) -> list[dict[str, Any]]:
+    folder = args.out / label
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"model": label, "variant": "PyTorch", **scored("pytorch", checkpoint, folder, args.threads,
+                                                             args.data_root)}]
+    onnx = exported(args, checkpoint, folder / "fp32.onnx", [])
+    rows.append({"model": label, "variant": "ORT fp32", **scored("ort_fp32", onnx, folder, args.threads,
+                                                                  args.data_root)})
+    int8 = exported(args, checkpoint, folder / "int8.onnx", ["--int8"])
+    rows.append({"model": label, "variant": "ORT int8", **scored("ort_int8", int8, folder, args.threads,
+                                                                  args.data_root)})
+    if max(rows[0][s] - rows[-1][s] for s in SETTINGS) > args.max_drop:
+        for keep in KEEP_FLOAT:
+            tag = "_".join(keep)
+            path = exported(args, checkpoint, folder / f"int8_keep_{tag}.onnx", ["--int8", "--int8-keep-float", *keep])
+            rows.append({"model": label, "variant": f"ORT int8, {' + '.join(keep)} in float",
+                         **scored(f"ort_int8_keep_{tag}", path, folder, args.threads, args.data_root)})
+    param = exported(args, checkpoint, folder / "det.ncnn.param", ["--format", "ncnn"])
+    rows.append({"model": label, "variant": "ncnn fp32", **scored("ncnn", param, folder, args.threads,
+                                                                   args.data_root)})
+    for row in rows:
+        row["drop_vs_pytorch"] = {s: rows[0][s] - row[s] for s in SETTINGS}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=CKPT",
+                        help="a train.py checkpoint and its label (repeat)")
+    parser.add_argument("--data-root", default=None, help="dataset (default: the built-in synthetic one)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the export checks")
+    parser.add_argument("--max-drop", type=float, default=1.0,
+                        help="INT8 AP drop (points, any setting) above which layers are kept in float")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deploy_accuracy",
+                        help="work folder")
+    args = parser.parse_args()
+    rows = []
+    for item in args.checkpoint:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            raise SystemExit(f"--checkpoint {item!r}: give LABEL=CKPT with an existing checkpoint")
+        rows += study(args, label, Path(path))
+    lines = ["| model | variant | Easy | Medium | Hard | drop Easy | drop Medium | drop Hard |",
+             "|---|---|" + "---:|" * 6]
+    for row in rows:
+        drop = row["drop_vs_pytorch"]
+        lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(f"{row[s]:.2f}" for s in SETTINGS) + " | "
+                     + " | ".join(f"{drop[s]:+.2f}" for s in SETTINGS) + " |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_json(args.out / "report.json", {"rows": rows})
+    atomic_write_text(args.out / "report.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
