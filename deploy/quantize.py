@@ -105,12 +105,14 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
     with tempfile.TemporaryDirectory(prefix="facenas_int8_") as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(onnx_bytes)
-        source = _preprocess(source, Path(folder) / "prepared.onnx")
         reader = _Reader(model.graph.input[0].name, calibration)
         quiet = logging.getLogger()
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the quantizer's notes about pre-processing and bias tensors
+        cwd = os.getcwd()
+        os.chdir(folder)  # the pre-processing and the calibrator write scratch files into the working directory
         try:
+            source = _preprocess(source, Path(folder) / "prepared.onnx")
             quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded or None,
@@ -120,9 +122,8 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise FaceNASError(f"INT8 quantization failed: {first[:300]}") from None
         finally:
+            os.chdir(cwd)
             quiet.setLevel(level)
-            for stray in Path(os.getcwd()).glob("augmented_model*.onnx"):  # calibration leftovers of old releases
-                stray.unlink(missing_ok=True)
         quantized = onnx.load_model(str(target))
     del quantized.metadata_props[:]
     for key, value in {**kept_meta, **(metadata or {})}.items():

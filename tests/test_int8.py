@@ -43,8 +43,9 @@ def _ops(data: bytes) -> list[str]:
     return [node.op_type for node in onnx.load_model_from_string(data).graph.node]
 
 
-def test_int8_graph_is_qdq_keeps_the_metadata_and_stays_near_pytorch(backbone_graph):
+def test_int8_graph_is_qdq_keeps_the_metadata_and_stays_near_pytorch(backbone_graph, tmp_path, monkeypatch):
     backbone, data = backbone_graph
+    monkeypatch.chdir(tmp_path)
     calibration = [image_like_input((1, 3, 64, 64), seed).numpy() for seed in range(3)]  # the check's input range
     int8 = quantize_int8(data, calibration, metadata={"facenas.precision": "int8"})
     ops = _ops(int8)
@@ -52,6 +53,7 @@ def test_int8_graph_is_qdq_keeps_the_metadata_and_stays_near_pytorch(backbone_gr
     assert len(int8) < 0.5 * len(data)  # int8 weights: about a quarter of the float file
     meta = OrtSession(int8, 1).metadata
     assert meta["facenas.precision"] == "int8" and meta["facenas.model"] == "R12_V3_HS"  # the float entries stay
+    assert not list(tmp_path.iterdir())  # the quantizer's scratch files stay in its own folder
     rows = check_onnx(int8, backbone, "backbone", [(1, 3, 64, 64)], tolerance=0.2, threads=1)
     worst = max(row["scaled_diff"] for row in rows)
     assert 1e-4 < worst < 0.2, rows  # quantized (not exact), yet the same network
