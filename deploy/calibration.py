@@ -18,8 +18,8 @@ from utils.errors import FaceNASError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def calibration_files(data_root: str | os.PathLike | None, count: int) -> list[Path]:
-    """The first ``count`` training images of ``data_root`` (default: the built-in dataset), in name order."""
+def calibration_files(data_root: str | os.PathLike | None, count: int, offset: int = 0) -> list[Path]:
+    """``count`` training images of ``data_root`` (default: the built-in dataset) in name order, from ``offset``."""
     if count < 1:
         raise FaceNASError(f"--calibration-images must be >= 1, got {count}")
     if data_root is None:
@@ -33,18 +33,19 @@ def calibration_files(data_root: str | os.PathLike | None, count: int) -> list[P
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FaceNASError(f"{folder}: no .jpg/.png images to calibrate INT8 on")
-    return files[:count]
+    return files[offset:offset + count]
 
 
-def calibration_batches(data_root: str | os.PathLike | None, count: int,
-                        size: Sequence[int] | None = None) -> list[np.ndarray]:
-    """``count`` calibration inputs ``(1, 3, H, W)``: at each image's own size, or resized to ``size`` (H, W)."""
+def calibration_batches(data_root: str | os.PathLike | None, count: int, size: Sequence[int] | None = None,
+                        offset: int = 0) -> list[np.ndarray]:
+    """``count`` inputs ``(1, 3, H, W)`` from image ``offset`` on: at each image's own size, or resized to ``size``
+    (H, W). The check of an INT8 export takes the images after the calibration ones."""
     import cv2
 
     from data.widerface import read_image
 
     batches = []
-    for path in calibration_files(data_root, count):
+    for path in calibration_files(data_root, count, offset):
         image = read_image(path)
         if size is not None:
             image = cv2.resize(image, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)

@@ -301,12 +301,13 @@ def compare_output(name: str, ref: torch.Tensor, got: Any, tolerance: float) -> 
 
 def check_onnx(onnx_bytes: bytes, reference: nn.Module, kind: str, shapes: Sequence[Sequence[int]],
                nms_settings: NmsSettings | None = None, tolerance: float = 1e-4, seed: int = 0,
-               threads: int | None = None) -> list[dict[str, Any]]:
+               threads: int | None = None, inputs: Sequence[torch.Tensor] | None = None) -> list[dict[str, Any]]:
     """Run an export in ONNX Runtime on each input shape and compare it with the PyTorch ``reference``.
 
     The reference runs in eval mode as given (not folded), wrapped like the export (:func:`export_module`), on the
-    same image-like input (:func:`image_like_input`). An output matches when its largest absolute difference,
-    divided by ``max(1, largest absolute reference value)``, is at most ``tolerance``: absolute for scores and
+    same image-like input (:func:`image_like_input`; or the given ``inputs``, e.g. real images, instead of ``shapes``).
+    An output matches when its largest absolute difference, divided by ``max(1, largest absolute reference value)``,
+    is at most ``tolerance``: absolute for scores and
     small features, relative for pixel coordinates and large activations. An export with NMS is checked with
     :func:`check_detections` (float rounding may break ties between equal scores differently, so the two NMS results
     need not be the same list).
@@ -318,8 +319,10 @@ def check_onnx(onnx_bytes: bytes, reference: nn.Module, kind: str, shapes: Seque
     module, names = export_module(kind, reference.eval(), nms_settings)
     session = ort_session(onnx_bytes, threads)
     rows = []
-    for index, shape in enumerate(shapes):
-        x = image_like_input(shape, seed + index)
+    examples = list(inputs) if inputs is not None else [image_like_input(shape, seed + i) for i, shape in
+                                                          enumerate(shapes)]
+    for x in examples:
+        shape = tuple(x.shape)
         got = session.outputs(session.run(x.numpy()))
         with torch.no_grad():
             if nms_settings is not None:
