@@ -81,8 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "first, then the INT8 one against PyTorch (default: off)")
     group.add_argument("--calibration-images", type=int, default=64,
                        help="training images the activation ranges are calibrated on (default: 64)")
-    group.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax",
-                       help="how ranges are taken from the calibration activations (default: minmax)")
+    group.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="entropy",
+                       help="how ranges are taken from the calibration activations; entropy and percentile resize "
+                            "the calibration images to --size, minmax takes them at their own size (default: "
+                            "entropy: on mobile0.25 it lost 0.7-1.5 AP points where minmax lost 3.7-3.8, "
+                            "BENCHMARKS.md section I)")
     group.add_argument("--int8-keep-float", nargs="*", default=[], metavar="NODES",
                        help="nodes left in float: 'first' (the first convolution), 'heads' (class, box and landmark "
                             "heads) or substrings of node names (default: none, everything quantized)")
@@ -282,16 +285,19 @@ def quantize_and_check(args: argparse.Namespace, model, name: str, data: bytes, 
 
     from deploy.calibration import calibration_batches
     from deploy.onnx_export import check_onnx, check_summary, export_onnx, largest_difference
-    from deploy.quantize import quantization_settings, quantize_int8
+    from deploy.quantize import CONV_OPS, quantization_settings, quantize_int8
 
-    calibration = calibration_batches(args.data_root, args.calibration_images, trace[2:] if args.static else None)
+    # histogram calibrators (entropy, percentile) stack their activations: one input size for all images
+    fixed = trace[2:] if args.static or args.calibration_method != "minmax" else None
+    calibration = calibration_batches(args.data_root, args.calibration_images, fixed)
     quant = quantization_settings(args.calibration_method, args.int8_keep_float, "training images",
                                   len(calibration))
     meta = {"facenas.precision": "int8", "facenas.quantization": json.dumps(quant, sort_keys=True)}
-    int8 = quantize_int8(data, calibration, args.calibration_method, args.int8_keep_float, meta)
+    op_types = CONV_OPS if settings is not None else None  # tensors after NMS vary in size: convolutions only
+    int8 = quantize_int8(data, calibration, args.calibration_method, args.int8_keep_float, meta, op_types)
     checked = int8 if settings is None else quantize_int8(
         export_onnx(model, args.what, trace, dynamic=not args.static, opset=args.opset, model_name=name),
-        calibration, args.calibration_method, args.int8_keep_float)
+        calibration, args.calibration_method, args.int8_keep_float, op_types=op_types)
     kept = ", ".join(args.int8_keep_float) or "nothing"
     print(f"INT8: static QDQ, int8 per-channel weights, uint8 activations, {args.calibration_method} ranges from "
           f"{len(calibration)} training images; kept in float: {kept}; {len(int8) / 2**20:.1f} MiB")

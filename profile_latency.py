@@ -4576,6 +4576,8 @@ from typing import Any
 QUANT_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 #: Short names of groups of nodes that can stay in float.
 KEEP_FLOAT_GROUPS = ("first", "heads")
+#: Operator types quantized in a graph with NMS (the convolutions carry nearly all of the compute).
+CONV_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: Random calibration batches of a block that is only timed.
 TIMING_CALIBRATION_BATCHES = 4
 
@@ -4624,7 +4626,8 @@ class _Reader:
 
 
 def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "minmax",
-                  keep_float: Sequence[str] = (), metadata: dict[str, str] | None = None) -> bytes:
+                  keep_float: Sequence[str] = (), metadata: dict[str, str] | None = None,
+                  op_types: Sequence[str] | None = None) -> bytes:
     """An ONNX graph quantized to INT8 (QDQ) with ranges calibrated on ``calibration`` (float32 input arrays).
 
     Args:
@@ -4633,6 +4636,8 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
         method: ``minmax``, ``entropy`` or ``percentile``.
         keep_float: nodes to leave in float (``first``, ``heads`` or substrings of node names).
         metadata: entries added to the file's metadata (the float graph's own entries are kept).
+        op_types: operator types to quantize (default: ONNX Runtime's list); :data:`CONV_OPS` for a graph with NMS,
+            whose tensors after NMS change size from image to image and cannot be calibrated by histograms.
 
     Raises:
         FaceNASError: onnx / onnxruntime missing, no calibration data, or ONNX Runtime's quantizer failing.
@@ -4651,24 +4656,26 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
     with tempfile.TemporaryDirectory(prefix="facenas_int8_") as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(onnx_bytes)
-        source = _preprocess(source, Path(folder) / "prepared.onnx")
         reader = _Reader(model.graph.input[0].name, calibration)
         quiet = logging.getLogger()
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the quantizer's notes about pre-processing and bias tensors
+        cwd = os.getcwd()
+        os.chdir(folder)  # the pre-processing and the calibrator write scratch files into the working directory
         try:
+            source = _preprocess(source, Path(folder) / "prepared.onnx")
             quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded or None,
+                            op_types_to_quantize=list(op_types) if op_types else None,
                             calibrate_method=getattr(CalibrationMethod, QUANT_CALIBRATION_METHODS[method]),
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         except Exception as exc:  # noqa: BLE001 - the quantizer's own errors: one line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise FaceNASError(f"INT8 quantization failed: {first[:300]}") from None
         finally:
+            os.chdir(cwd)
             quiet.setLevel(level)
-            for stray in Path(os.getcwd()).glob("augmented_model*.onnx"):  # calibration leftovers of old releases
-                stray.unlink(missing_ok=True)
         quantized = onnx.load_model(str(target))
     del quantized.metadata_props[:]
     for key, value in {**kept_meta, **(metadata or {})}.items():

@@ -30,6 +30,8 @@ from utils.errors import FaceNASError
 QUANT_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 #: Short names of groups of nodes that can stay in float.
 KEEP_FLOAT_GROUPS = ("first", "heads")
+#: Operator types quantized in a graph with NMS (the convolutions carry nearly all of the compute).
+CONV_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: Random calibration batches of a block that is only timed.
 TIMING_CALIBRATION_BATCHES = 4
 
@@ -78,7 +80,8 @@ class _Reader:
 
 
 def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "minmax",
-                  keep_float: Sequence[str] = (), metadata: dict[str, str] | None = None) -> bytes:
+                  keep_float: Sequence[str] = (), metadata: dict[str, str] | None = None,
+                  op_types: Sequence[str] | None = None) -> bytes:
     """An ONNX graph quantized to INT8 (QDQ) with ranges calibrated on ``calibration`` (float32 input arrays).
 
     Args:
@@ -87,6 +90,8 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
         method: ``minmax``, ``entropy`` or ``percentile``.
         keep_float: nodes to leave in float (``first``, ``heads`` or substrings of node names).
         metadata: entries added to the file's metadata (the float graph's own entries are kept).
+        op_types: operator types to quantize (default: ONNX Runtime's list); :data:`CONV_OPS` for a graph with NMS,
+            whose tensors after NMS change size from image to image and cannot be calibrated by histograms.
 
     Raises:
         FaceNASError: onnx / onnxruntime missing, no calibration data, or ONNX Runtime's quantizer failing.
@@ -116,6 +121,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
             quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded or None,
+                            op_types_to_quantize=list(op_types) if op_types else None,
                             calibrate_method=getattr(CalibrationMethod, QUANT_CALIBRATION_METHODS[method]),
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         except Exception as exc:  # noqa: BLE001 - the quantizer's own errors: one line
