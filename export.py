@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="entropy",
                        help="how ranges are taken from the calibration activations; entropy and percentile resize "
                             "the calibration images to --size, minmax takes them at their own size (default: "
-                            "entropy: on mobile0.25 it lost 0.7-1.5 AP points where minmax lost 3.7-3.8, "
-                            "BENCHMARKS.md section I)")
+                            "entropy: on mobile0.25 it lost 0.7-1.5 AP points where minmax lost 3.7-3.8; on "
+                            "R12_V3_HS the two are within a point, BENCHMARKS.md section I)")
     group.add_argument("--int8-keep-float", nargs="*", default=[], metavar="NODES",
                        help="nodes left in float: 'first' (the first convolution), 'heads' (class, box and landmark "
                             "heads) or substrings of node names (default: none, everything quantized)")
