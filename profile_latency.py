@@ -4441,8 +4441,7 @@ class NcnnSession:
 
     def outputs(self, raw: Any) -> list[Any]:
         """The outputs of :meth:`run` as numpy arrays with the batch axis back, in output order."""
-        import numpy as np
-
+        np = require_packages(["numpy"], "runtime ncnn")["numpy"]
         return [np.stack([np.array(per_image[index]) for per_image in raw]) for index in range(len(self.output_names))]
 
     def describe(self) -> str:
@@ -4537,6 +4536,8 @@ def open_session(source: Any, runtime: str, threads: int | None = None, provider
 
 def check_precision(runtime: str, precision: str) -> None:
     """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
+    if runtime not in RUNTIME_PACKAGES:
+        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
     have = ("float32",) if runtime == "torch" else backend(runtime).precisions
     if precision not in have:
         why = " (the ncnn pip packages have no int8 calibration tools: ncnn2table / ncnn2int8)" \
@@ -4564,6 +4565,7 @@ Python 3.8 syntax, torch and the standard library only at import time (numpy and
 used): ``profile_latency.py`` embeds this file.
 """
 
+import importlib
 import logging
 import os
 import tempfile
@@ -4644,7 +4646,11 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
     """
     modules = require_packages(["onnx", "onnxruntime"], "INT8 quantization")
     onnx = modules["onnx"]
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    # imported by name, like every runtime package: the profiler that embeds this file needs only torch
+    quantization = importlib.import_module("onnxruntime.quantization")
+    CalibrationMethod, QuantFormat, QuantType = (quantization.CalibrationMethod, quantization.QuantFormat,  # noqa: N806
+                                                 quantization.QuantType)
+    quantize_static = quantization.quantize_static
 
     if not calibration:
         raise FaceNASError("INT8 quantization needs at least one calibration input")
@@ -4688,8 +4694,7 @@ def _preprocess(source: Path, target: Path) -> Path:
     """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation: the folded biases become
     initializers the quantizer can take); the graph as it was when a graph defeats it."""
     try:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
+        quant_pre_process = importlib.import_module("onnxruntime.quantization.shape_inference").quant_pre_process
         quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
         return target
     except Exception:  # noqa: BLE001 - e.g. symbolic shape inference failing on a dynamic NMS graph
@@ -4698,8 +4703,7 @@ def _preprocess(source: Path, target: Path) -> Path:
 
 def random_calibration(shape: Sequence[int], count: int = TIMING_CALIBRATION_BATCHES, seed: int = 0) -> list[Any]:
     """``count`` standard-normal float32 arrays of ``shape``: calibration of a graph that is only timed."""
-    import numpy as np
-
+    np = require_packages(["numpy"], "calibration inputs")["numpy"]
     generator = np.random.default_rng(seed)
     return [generator.standard_normal(tuple(int(v) for v in shape)).astype(np.float32) for _ in range(count)]
 # -------------------------------------------------- end deploy/quantize.py

@@ -164,8 +164,7 @@ class NcnnSession:
 
     def outputs(self, raw: Any) -> list[Any]:
         """The outputs of :meth:`run` as numpy arrays with the batch axis back, in output order."""
-        import numpy as np
-
+        np = require_packages(["numpy"], "runtime ncnn")["numpy"]
         return [np.stack([np.array(per_image[index]) for per_image in raw]) for index in range(len(self.output_names))]
 
     def describe(self) -> str:

@@ -16,6 +16,7 @@ used): ``profile_latency.py`` embeds this file.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import tempfile
@@ -98,7 +99,11 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
     """
     modules = require_packages(["onnx", "onnxruntime"], "INT8 quantization")
     onnx = modules["onnx"]
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    # imported by name, like every runtime package: the profiler that embeds this file needs only torch
+    quantization = importlib.import_module("onnxruntime.quantization")
+    CalibrationMethod, QuantFormat, QuantType = (quantization.CalibrationMethod, quantization.QuantFormat,  # noqa: N806
+                                                 quantization.QuantType)
+    quantize_static = quantization.quantize_static
 
     if not calibration:
         raise FaceNASError("INT8 quantization needs at least one calibration input")
@@ -142,8 +147,7 @@ def _preprocess(source: Path, target: Path) -> Path:
     """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation: the folded biases become
     initializers the quantizer can take); the graph as it was when a graph defeats it."""
     try:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
+        quant_pre_process = importlib.import_module("onnxruntime.quantization.shape_inference").quant_pre_process
         quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
         return target
     except Exception:  # noqa: BLE001 - e.g. symbolic shape inference failing on a dynamic NMS graph
@@ -152,7 +156,6 @@ def _preprocess(source: Path, target: Path) -> Path:
 
 def random_calibration(shape: Sequence[int], count: int = TIMING_CALIBRATION_BATCHES, seed: int = 0) -> list[Any]:
     """``count`` standard-normal float32 arrays of ``shape``: calibration of a graph that is only timed."""
-    import numpy as np
-
+    np = require_packages(["numpy"], "calibration inputs")["numpy"]
     generator = np.random.default_rng(seed)
     return [generator.standard_normal(tuple(int(v) for v in shape)).astype(np.float32) for _ in range(count)]

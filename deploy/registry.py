@@ -70,6 +70,8 @@ def open_session(source: Any, runtime: str, threads: int | None = None, provider
 
 def check_precision(runtime: str, precision: str) -> None:
     """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
+    if runtime not in RUNTIME_PACKAGES:
+        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
     have = ("float32",) if runtime == "torch" else backend(runtime).precisions
     if precision not in have:
         why = " (the ncnn pip packages have no int8 calibration tools: ncnn2table / ncnn2int8)" \
