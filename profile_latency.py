@@ -4027,7 +4027,6 @@ Python 3.8 syntax, torch and the standard library only at import time: ``profile
 """
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -4148,11 +4147,6 @@ def ort_runtime_info(provider: str | None = None, graph_optimization: str | None
             "threads": int(threads or torch.get_num_threads()), "inter_op_threads": 1, "precision": "float32",
             "onnx_opset": int(opset), "onnx_version": str(modules["onnx"].__version__),
             "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"}
-
-
-def ort_available_providers() -> Sequence[str]:
-    """Execution providers of the installed ONNX Runtime."""
-    return import_onnxruntime().get_available_providers()
 # -------------------------------------------------- end deploy/onnx_runtime.py
 
 
@@ -4514,9 +4508,13 @@ def require_runtime(runtime: str) -> Any:
     Raises:
         FaceNASError: unknown runtime, or one of its packages is missing.
     """
+    _check_known(runtime)
+    return require_packages(RUNTIME_PACKAGES[runtime], f"runtime {runtime}").get(runtime)
+
+
+def _check_known(runtime: str) -> None:
     if runtime not in RUNTIME_PACKAGES:
         raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
-    return require_packages(RUNTIME_PACKAGES[runtime], f"runtime {runtime}").get(runtime)
 
 
 def backend(runtime: str) -> Backend:
@@ -4536,8 +4534,7 @@ def open_session(source: Any, runtime: str, threads: int | None = None, provider
 
 def check_precision(runtime: str, precision: str) -> None:
     """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
-    if runtime not in RUNTIME_PACKAGES:
-        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+    _check_known(runtime)
     have = ("float32",) if runtime == "torch" else backend(runtime).precisions
     if precision not in have:
         why = " (the ncnn pip packages have no int8 calibration tools: ncnn2table / ncnn2int8)" \
@@ -4587,11 +4584,15 @@ TIMING_CALIBRATION_BATCHES = 4
 def quantization_settings(method: str = "minmax", keep_float: Sequence[str] = (), calibration: str = "random",
                           calibration_count: int = TIMING_CALIBRATION_BATCHES) -> dict[str, Any]:
     """The settings of an INT8 graph as a table's or a file's metadata records them (and compares)."""
-    if method not in QUANT_CALIBRATION_METHODS:
-        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
+    _check_method(method)
     return {"format": "QDQ", "weights": "int8 symmetric per-channel", "activations": "uint8 asymmetric per-tensor",
             "calibration_method": method, "calibration": calibration, "calibration_count": int(calibration_count),
             "keep_float": list(keep_float), "tool": "onnxruntime.quantization.quantize_static"}
+
+
+def _check_method(method: str) -> None:
+    if method not in QUANT_CALIBRATION_METHODS:
+        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
 
 
 def float_node_names(model: Any, keep_float: Sequence[str]) -> list[str]:
@@ -4654,8 +4655,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
 
     if not calibration:
         raise FaceNASError("INT8 quantization needs at least one calibration input")
-    if method not in QUANT_CALIBRATION_METHODS:
-        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
+    _check_method(method)
     model = onnx.load_model_from_string(onnx_bytes)
     excluded = float_node_names(model, keep_float)
     kept_meta = {entry.key: entry.value for entry in model.metadata_props}

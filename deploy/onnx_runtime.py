@@ -11,7 +11,6 @@ Python 3.8 syntax, torch and the standard library only at import time: ``profile
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -135,7 +134,3 @@ def ort_runtime_info(provider: str | None = None, graph_optimization: str | None
             "onnx_opset": int(opset), "onnx_version": str(modules["onnx"].__version__),
             "onnx_exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}"}
 
-
-def ort_available_providers() -> Sequence[str]:
-    """Execution providers of the installed ONNX Runtime."""
-    return import_onnxruntime().get_available_providers()

@@ -40,11 +40,15 @@ TIMING_CALIBRATION_BATCHES = 4
 def quantization_settings(method: str = "minmax", keep_float: Sequence[str] = (), calibration: str = "random",
                           calibration_count: int = TIMING_CALIBRATION_BATCHES) -> dict[str, Any]:
     """The settings of an INT8 graph as a table's or a file's metadata records them (and compares)."""
-    if method not in QUANT_CALIBRATION_METHODS:
-        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
+    _check_method(method)
     return {"format": "QDQ", "weights": "int8 symmetric per-channel", "activations": "uint8 asymmetric per-tensor",
             "calibration_method": method, "calibration": calibration, "calibration_count": int(calibration_count),
             "keep_float": list(keep_float), "tool": "onnxruntime.quantization.quantize_static"}
+
+
+def _check_method(method: str) -> None:
+    if method not in QUANT_CALIBRATION_METHODS:
+        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
 
 
 def float_node_names(model: Any, keep_float: Sequence[str]) -> list[str]:
@@ -107,8 +111,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[Any], method: str = "
 
     if not calibration:
         raise FaceNASError("INT8 quantization needs at least one calibration input")
-    if method not in QUANT_CALIBRATION_METHODS:
-        raise FaceNASError(f"calibration method {method!r} is not one of {', '.join(QUANT_CALIBRATION_METHODS)}")
+    _check_method(method)
     model = onnx.load_model_from_string(onnx_bytes)
     excluded = float_node_names(model, keep_float)
     kept_meta = {entry.key: entry.value for entry in model.metadata_props}

@@ -48,9 +48,13 @@ def require_runtime(runtime: str) -> Any:
     Raises:
         FaceNASError: unknown runtime, or one of its packages is missing.
     """
+    _check_known(runtime)
+    return require_packages(RUNTIME_PACKAGES[runtime], f"runtime {runtime}").get(runtime)
+
+
+def _check_known(runtime: str) -> None:
     if runtime not in RUNTIME_PACKAGES:
         raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
-    return require_packages(RUNTIME_PACKAGES[runtime], f"runtime {runtime}").get(runtime)
 
 
 def backend(runtime: str) -> Backend:
@@ -70,8 +74,7 @@ def open_session(source: Any, runtime: str, threads: int | None = None, provider
 
 def check_precision(runtime: str, precision: str) -> None:
     """Refuse a precision the runtime is not measured in here (eager torch: float32 only)."""
-    if runtime not in RUNTIME_PACKAGES:
-        raise FaceNASError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+    _check_known(runtime)
     have = ("float32",) if runtime == "torch" else backend(runtime).precisions
     if precision not in have:
         why = " (the ncnn pip packages have no int8 calibration tools: ncnn2table / ncnn2int8)" \

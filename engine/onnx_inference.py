@@ -21,8 +21,8 @@ from deploy.onnx_runtime import OrtSession
 from models.anchors import select_detections
 from utils.errors import FaceNASError
 
-#: ONNX Runtime execution provider per torch device type.
-PROVIDERS = {"cpu": "cpu", "cuda": "cuda"}
+#: Torch device types ONNX Runtime runs on (their provider short names are the same words).
+DEVICE_TYPES = ("cpu", "cuda")
 #: metadata key -> keyword of ``detect`` it fixes, for exports with NMS
 BAKED_SETTINGS = {"score_threshold": float, "nms_threshold": float, "top_k": int, "keep_top_k": int}
 
@@ -46,10 +46,10 @@ class OnnxDetector(nn.Module):
         if not self.path.is_file():
             raise FaceNASError(f"{self.path}: ONNX file not found")
         dev = torch.device(device)
-        if dev.type not in PROVIDERS:
+        if dev.type not in DEVICE_TYPES:
             raise FaceNASError(f"{self.path}: ONNX Runtime runs on cpu or cuda, not on device {str(dev)!r}")
         try:
-            self.runner = OrtSession(self.path, threads, PROVIDERS[dev.type], device_id=dev.index or 0,
+            self.runner = OrtSession(self.path, threads, dev.type, device_id=dev.index or 0,
                                      label=str(self.path))
         except FaceNASError as exc:
             message = str(exc)
