@@ -59,7 +59,7 @@ MIN_IMG_SIZE = 32
 # Settings that define a run: on --resume they come from the checkpoint unless given again.
 RUN_KEYS = ("model", "fpn_channels", "data_root", "img_size", "batch_size", "epochs", "decay_epochs", "decay_rate",
             "warmup_epochs", "lr", "momentum", "weight_decay", "grad_clip", "seed", "amp", "preset", "save_every",
-            "eval", "test_size", "max_steps_per_epoch", "sync_bn")
+            "eval", "test_size", "max_steps_per_epoch", "sync_bn", "channels_last", "compile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,8 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = the GPU of "
                                                         "LOCAL_RANK if CUDA is available, else cpu)")
     group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                       help="mixed precision (float16 autocast + gradient scaling) (default: on with CUDA, off on "
-                            "CPU)")
+                       help="mixed precision: float16 autocast + gradient scaling on CUDA, bfloat16 autocast on a CPU "
+                            "(1.3-1.4x faster where the CPU has AVX512-BF16/AMX, slower where it emulates it; "
+                            "changes the numbers by bfloat16 rounding) (default: on with CUDA, off on CPU)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels-last (NHWC) memory format for weights and images: 1.2-1.3x faster steps on a "
+                            "CPU, the same numbers up to float rounding (default: on)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the training forward (4-20 s of compiling first, at most a few percent "
+                            "faster steps on a CPU; evaluation runs uncompiled) (default: off)")
     group.add_argument("--save-every", type=NON_NEGATIVE_INT, default=10, metavar="N",
                        help="besides last.pth (every epoch) keep epoch_NNNN.pth every N epochs; 0 = never "
                             "(default: 10)")
@@ -179,6 +186,10 @@ def resolve_args(args: argparse.Namespace, explicit: set[str], ckpt_args: dict[s
             setattr(args, key, value)
     if args.amp is None:
         args.amp = cuda
+    if args.channels_last is None:
+        args.channels_last = True
+    if args.compile is None:
+        args.compile = False
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
     return args
@@ -310,6 +321,7 @@ def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
     from engine.distributed import barrier, convert_sync_batchnorm, split_batch, sync_batchnorm_applies
     from engine.loaders import make_loader, resolve_data_root
     from engine.run_log import open_log_file, setup_logging
+    from engine.speed import use_channels_last
     from engine.trainer import StepSchedule
     from utils.atomic import remove_stale_temporaries
     from utils.options import check_output_dir
@@ -345,6 +357,7 @@ def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
         detector = build_model(args.model, args.fpn_channels, args.backbone_weights if resume_path is None else None)
     args.fpn_channels = detector.fpn_channels
     detector.to(dist_info.device)
+    use_channels_last(detector, args.channels_last)
 
     # Rank 0 generates the built-in dataset if needed; the others wait, then find it complete.
     data_root = resolve_data_root(args.data_root, log) if dist_info.is_main else None
@@ -363,6 +376,8 @@ def _set_up(args: argparse.Namespace, dist_info: Any, resume_path: Path | None,
     if dist_info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(detector, device_ids=[dist_info.device.index] if cuda
                                                           else None)
+    if args.compile:
+        model = torch.compile(model)  # a wrapper: the state dict and evaluation use the plain detector
     optimizer = torch.optim.SGD(detector.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     # --decay-epochs counts like the reference ("x0.1 at 190"): epochs 0..189 at lr, from index 190 on x0.1.
@@ -428,7 +443,10 @@ def _log_start(run: TrainingRun) -> None:
     if args.preset == "auto" and args.preset_used == "quick" and args.data_root:
         run.log.warning("WIDER FACE on a CPU with the quick preset: this is a smoke run, not the RetinaFace "
                         "recipe; pass --preset recipe (on a GPU) to reproduce the thesis numbers")
-    run.log.info(f"device {dist_info.device}{' (AMP on)' if args.amp and run.cuda else ''}, "
+    from engine.speed import describe_speed
+
+    speed = describe_speed(args.channels_last, args.amp, dist_info.device, args.compile)
+    run.log.info(f"device {dist_info.device} ({speed}), "
                  f"{len(run.loader.dataset)} training images, seed {args.seed}, workers {args.workers}, "
                  f"{torch.get_num_threads()} threads, out {run.out_dir}")
     if run.start_epoch >= args.epochs:
@@ -448,7 +466,8 @@ def _train_epochs(run: TrainingRun) -> None:
         set_epoch(run.loader, epoch)
         try:
             stats = train_one_epoch(run.model, run.loader, criterion, run.optimizer, run.schedule, epoch,
-                                    scaler=run.scaler, device=dist_info.device, amp=bool(args.amp and run.cuda),
+                                    scaler=run.scaler, device=dist_info.device, amp=bool(args.amp),
+                                    channels_last=args.channels_last,
                                     dist_info=dist_info, log=run.log if dist_info.is_main else None,
                                     progress=args.progress, max_steps=args.max_steps_per_epoch or None,
                                     epochs=args.epochs)
@@ -460,7 +479,8 @@ def _train_epochs(run: TrainingRun) -> None:
             run.log.error(message)
             raise FaceNASError(message) from None
         run.history.append({"epoch": epoch, **{k: float(stats[k]) for k in ("total", "cls", "box", "landmark", "lr",
-                                                                             "seconds", "images_per_s")}})
+                                                                             "seconds", "images_per_s",
+                                                                             "steps_per_s")}})
         if dist_info.is_main:
             # the extra file first: a kill between the writes leaves it and an older last.pth, which redoes the epoch
             paths = [run.out_dir / f"epoch_{epoch + 1:04d}.pth"] if args.save_every and \

@@ -7,7 +7,8 @@ It runs, in order, and prints one line per check (plus a JSON summary):
 
 1. **AMP training throughput**: RetinaFace-MobileNetV1-0.25, batch 32, 640x640, float16 autocast + GradScaler,
    ``--warmup`` untimed steps then ``--steps`` timed steps, each between ``torch.cuda.synchronize()`` calls; the same
-   in float32 for comparison. Real augmented batches of the built-in dataset, held on the GPU.
+   in float32 for comparison, and both again in channels-last memory format (the CPU default since issue 24). Real
+   augmented batches of the built-in dataset, held on the GPU.
 2. **One-process NCCL DDP**: ``torchrun --nproc_per_node 1 train.py ... --device cuda`` for one step on the built-in
    dataset (the NCCL path of engine/distributed.py and DDP in train.py); checks the checkpoint it writes.
 3. **Checkpoint evaluation on the GPU**: ``evaluate.py --checkpoint`` on that checkpoint (the val set of the built-in
@@ -35,20 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def amp_throughput(batch: int, size: int, steps: int, warmup: int, amp: bool) -> dict:
-    """Timed training steps of mobile0.25 on the GPU."""
+def amp_throughput(batch: int, size: int, steps: int, warmup: int, amp: bool, channels_last: bool = False) -> dict:
+    """Timed training steps of mobile0.25 on the GPU (cudnn.benchmark on, non-blocking copies in train_step)."""
     import torch
 
     import models
     from bench.bench_train import batches_in_memory
     from data.synthetic import ensure_builtin_dataset
+    from engine.speed import use_channels_last
     from engine.trainer import train_step
     from models.loss import MultiBoxLoss
 
     device = torch.device("cuda", 0)
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    detector = models.build_detector("mobile0.25").to(device).train()
+    detector = use_channels_last(models.build_detector("mobile0.25").to(device).train(), channels_last)
     optimizer = torch.optim.SGD(detector.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     data = [(x.to(device), t.to(device)) for x, t in batches_in_memory(ensure_builtin_dataset(verbose=False), size,
@@ -57,13 +59,15 @@ def amp_throughput(batch: int, size: int, steps: int, warmup: int, amp: bool) ->
     for i in range(warmup + steps):
         torch.cuda.synchronize(device)
         start = time.perf_counter()
-        out = train_step(detector, data[i % len(data)], MultiBoxLoss(), optimizer, scaler, device=device, amp=amp)
+        out = train_step(detector, data[i % len(data)], MultiBoxLoss(), optimizer, scaler, device=device, amp=amp,
+                         channels_last=channels_last)
         torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
         losses.append(out.losses["total"])
     median = statistics.median(times)
-    return {"amp": amp, "batch": batch, "size": size, "median_step_ms": 1000 * median, "images_per_s": batch / median,
+    return {"amp": amp, "channels_last": channels_last, "batch": batch, "size": size,
+            "median_step_ms": 1000 * median, "images_per_s": batch / median,
             "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30, "losses_finite": all(
                 v == v and abs(v) != float("inf") for v in losses), "scale": scaler.get_scale() if amp else None}
 
@@ -105,13 +109,14 @@ def main() -> int:
                      "checks": {}}
     print(f"GPU check on {summary['gpu']} (torch {summary['torch']}, CUDA {summary['cuda']})", flush=True)
     ok = True
-    for amp in (True, False):
-        key = "throughput_amp" if amp else "throughput_fp32"
+    for amp, channels_last in ((True, False), (False, False), (True, True), (False, True)):
+        key = ("throughput_amp" if amp else "throughput_fp32") + ("_channels_last" if channels_last else "")
         try:
-            r = amp_throughput(args.batch, args.size, args.steps, args.warmup, amp)
+            r = amp_throughput(args.batch, args.size, args.steps, args.warmup, amp, channels_last)
             passed = r["losses_finite"]
             print(f"[{'ok' if passed else 'FAIL'}] mobile0.25 train step, batch {args.batch}, {args.size}x{args.size}, "
-                  f"{'AMP fp16' if amp else 'fp32'}: {r['median_step_ms']:.1f} ms/step, {r['images_per_s']:.0f} img/s, "
+                  f"{'AMP fp16' if amp else 'fp32'}{', channels-last' if channels_last else ''}: "
+                  f"{r['median_step_ms']:.1f} ms/step, {r['images_per_s']:.0f} img/s, "
                   f"peak {r['max_memory_gib']:.1f} GiB", flush=True)
         except Exception as exc:  # noqa: BLE001 - report and continue with the other checks
             r, passed = {"error": repr(exc)}, False

@@ -18,6 +18,7 @@ from torch import nn
 
 from engine.distributed import DistInfo, all_reduce_sum, unwrap
 from engine.loaders import one_line_worker_errors
+from engine.speed import autocast_dtype, images_in_format
 from utils.errors import FaceNASError
 from utils.progress import Progress
 
@@ -148,7 +149,8 @@ class StepOutput:
 
 
 def compute_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module, *,
-                 amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+                 amp: bool = False, amp_dtype: torch.dtype | None = None,
+                 channels_last: bool = False) -> dict[str, torch.Tensor]:
     """Forward a batch (under autocast when ``amp``) and return the criterion's loss dict (with gradients).
 
     The search's architecture step can call this and back-propagate ``["total"]`` itself.
@@ -158,11 +160,14 @@ def compute_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
         images: ``(B, 3, H, W)`` on the model's device.
         targets: ``(B, M, 15)`` on the same device.
         criterion: :class:`models.loss.MultiBoxLoss` (or compatible).
-        amp: mixed precision (CUDA; on CPU autocast uses bfloat16 if asked).
-        amp_dtype: autocast dtype.
+        amp: run the forward under autocast.
+        amp_dtype: autocast dtype (default: float16 on CUDA, bfloat16 on a CPU).
+        channels_last: hand the model the images in channels-last layout (its weights should be too, see
+            :func:`engine.speed.use_channels_last`).
     """
     device_type = images.device.type
-    with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=amp):
+    images = images_in_format(images, channels_last)
+    with torch.autocast(device_type=device_type, dtype=amp_dtype or autocast_dtype(images.device), enabled=amp):
         predictions = model(images)
     priors = unwrap(model).priors(tuple(images.shape[-2:]), images.device)
     return criterion(predictions, targets, priors)
@@ -188,9 +193,10 @@ def _check_finite(losses: dict[str, torch.Tensor], info: DistInfo | None,
 
 def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], criterion: nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None, *,
-               device: torch.device | str | None = None, amp: bool = False, amp_dtype: torch.dtype = torch.float16,
+               device: torch.device | str | None = None, amp: bool = False, amp_dtype: torch.dtype | None = None,
                grad_clip: float | None = None, dist_info: DistInfo | None = None, epoch: int | None = None,
-               step: int | None = None, before_step: Callable[[], None] | None = None) -> StepOutput:
+               step: int | None = None, before_step: Callable[[], None] | None = None,
+               channels_last: bool = False) -> StepOutput:
     """One optimisation step on one batch.
 
     Args:
@@ -201,12 +207,13 @@ def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], crite
         scaler: AMP gradient scaler (``torch.amp.GradScaler('cuda')``); None or disabled = plain float32 step.
         device: where to move the batch (default: the model's parameters' device).
         amp: run the forward under autocast.
-        amp_dtype: autocast dtype (float16 with the scaler; bfloat16 needs no scaler).
+        amp_dtype: autocast dtype (default: float16 on CUDA, with the scaler; bfloat16 on a CPU, no scaler).
         grad_clip: clip the global gradient norm to this value (None = no clipping).
         dist_info: the job; losses are averaged over ranks and a NaN on any rank stops every rank.
         epoch, step: only for the error message.
         before_step: called after backward (gradients unscaled) and before the optimizer step; the search uses it
             to edit gradients (e.g. clear unsampled candidates').
+        channels_last: images in channels-last layout (see :func:`compute_loss`).
 
     Returns:
         :class:`StepOutput`.
@@ -220,7 +227,7 @@ def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], crite
     non_blocking = torch.device(device).type == "cuda"
     images = images.to(device, non_blocking=non_blocking)
     targets = targets.to(device, non_blocking=non_blocking)
-    losses = compute_loss(model, images, targets, criterion, amp=amp, amp_dtype=amp_dtype)
+    losses = compute_loss(model, images, targets, criterion, amp=amp, amp_dtype=amp_dtype, channels_last=channels_last)
     values = _check_finite(losses, dist_info, epoch, step)
     optimizer.zero_grad(set_to_none=True)
     use_scaler = scaler is not None and scaler.is_enabled()
@@ -243,14 +250,15 @@ def train_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], crite
 
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     schedule: StepSchedule | None, epoch: int, *, scaler: torch.amp.GradScaler | None = None,
-                    device: torch.device | str = "cpu", amp: bool = False, amp_dtype: torch.dtype = torch.float16,
+                    device: torch.device | str = "cpu", amp: bool = False, amp_dtype: torch.dtype | None = None,
                     grad_clip: float | None = None, dist_info: DistInfo | None = None,
                     log: logging.Logger | None = None, progress: bool = True, max_steps: int | None = None,
-                    epochs: int | None = None) -> dict[str, float]:
+                    epochs: int | None = None, channels_last: bool = False) -> dict[str, float]:
     """Train for one epoch (call ``engine.loaders.set_epoch(loader, epoch)`` first).
 
     Args:
-        model, criterion, optimizer, scaler, device, amp, amp_dtype, grad_clip, dist_info: see :func:`train_step`.
+        model, criterion, optimizer, scaler, device, amp, amp_dtype, grad_clip, dist_info, channels_last: see
+            :func:`train_step`.
         loader: batches of ``(images, targets)``.
         schedule: sets the rate each step (None = leave it).
         epoch: 0-based epoch.
@@ -261,7 +269,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
 
     Returns:
         Mean losses of the epoch (``total``, ``cls``, ``box``, ``landmark``), ``lr`` at its end, ``images``,
-        ``seconds`` and ``images_per_s`` (all ranks together).
+        ``seconds``, ``images_per_s`` and ``steps_per_s`` (all ranks together).
     """
     model.train()
     info = dist_info or DistInfo()
@@ -283,7 +291,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
                 if schedule is not None:
                     lr = schedule.step(epoch, i / steps if steps else 0.0)
                 out = train_step(model, batch, criterion, optimizer, scaler, device=device, amp=amp,
-                                 amp_dtype=amp_dtype, grad_clip=grad_clip, dist_info=info, epoch=epoch, step=i)
+                                 amp_dtype=amp_dtype, grad_clip=grad_clip, dist_info=info, epoch=epoch, step=i,
+                                 channels_last=channels_last)
                 for key in LOSS_KEYS:
                     sums[key] += out.losses[key]
                 count += 1
@@ -297,8 +306,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     seconds = time.perf_counter() - started
     means = {k: (v / count if count else math.nan) for k, v in sums.items()}
     result = {**means, "lr": lr, "images": images, "seconds": seconds,
-              "images_per_s": images / seconds if seconds > 0 else 0.0}
+              "images_per_s": images / seconds if seconds > 0 else 0.0,
+              "steps_per_s": count / seconds if seconds > 0 else 0.0}
     if log is not None:
         log.info(f"{label}: {format_losses(means)}, lr {lr:.3g}, {images} images in {seconds:.1f} s "
-                 f"({result['images_per_s']:.1f} img/s)")
+                 f"({result['images_per_s']:.1f} img/s, {result['steps_per_s']:.2f} steps/s)")
     return result

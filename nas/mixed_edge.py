@@ -40,6 +40,10 @@ class _RecomputedGates(torch.autograd.Function):
                 active: int) -> torch.Tensor:
         ctx.save_for_backward(x, active_out)
         ctx.edge, ctx.active = edge, active
+        # backward runs outside the forward's autocast region: recompute under the same precision, or an AMP
+        # step feeds half-precision x to float32 weights
+        device_type = x.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         return active_out.view_as(active_out)
 
     @staticmethod
@@ -47,7 +51,8 @@ class _RecomputedGates(torch.autograd.Function):
         x, active_out = ctx.saved_tensors
         edge: MixedEdge = ctx.edge
         gate_grads = torch.zeros(len(edge.ops), dtype=torch.float32, device=grad.device)
-        with torch.no_grad():
+        device_type, enabled, dtype = ctx.autocast
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for j in edge.involved:
                 out = active_out if j == ctx.active else edge.ops[j](x)
                 gate_grads[j] = (grad.float() * out.float()).sum()

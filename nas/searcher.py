@@ -39,6 +39,7 @@ from engine.distributed import (
     split_batch,
 )
 from engine.loaders import make_loader, one_line_worker_errors, resolve_data_root, set_epoch, split_holdout
+from engine.speed import autocast_dtype, images_in_format, use_channels_last
 from engine.trainer import CosineSchedule, NonFiniteLossError, StepSchedule, compute_loss, format_losses, train_step
 from latency.predict import EdgeCosts
 from models.loss import MultiBoxLoss
@@ -61,8 +62,8 @@ PRE_REMEDY_SETTINGS = {"lr_schedule": "constant", "lr_warmup_epochs": 0.0, "sand
 # settings a resumed search may change (the thesis resumes from warm-up to try other targets or lambdas)
 # (the global batch stays; the number of processes, and with it the per-process share, may change)
 RESUMABLE_CHANGES = {"target", "lam", "p1", "loss_form", "arch_lr", "search_epochs", "two_path", "arch_every",
-                     "out_dir", "workers", "progress", "resume", "device", "amp", "save_every", "world_size",
-                     "batch_per_process", "sync_bn", "derive", "tolerance"}
+                     "out_dir", "workers", "progress", "resume", "device", "amp", "channels_last", "save_every",
+                     "world_size", "batch_per_process", "sync_bn", "derive", "tolerance"}
 
 
 @dataclass
@@ -93,6 +94,7 @@ class SearchSettings:
     seed: int = 0
     workers: int = 0
     amp: bool = False
+    channels_last: bool = True
     device: str = "cpu"
     data_root: str | None = None
     out_dir: str = "search_out"
@@ -137,6 +139,7 @@ class Searcher:
         np.random.seed(settings.seed)
         self.net = SuperNet(space, settings.alpha_init_std)
         self.detector = RetinaFace(self.net, self.net.channels, settings.fpn_channels).to(dist.device)
+        use_channels_last(self.detector, settings.channels_last)
         if settings.sync_bn:
             self.detector = convert_sync_batchnorm(self.detector, dist)
         self.model: nn.Module = self.detector
@@ -153,9 +156,10 @@ class Searcher:
                                           weight_decay=settings.weight_decay)
         self.arch_opt = torch.optim.Adam(self.net.arch_parameters(), lr=settings.arch_lr, betas=(0.0, 0.999),
                                          eps=1e-8, weight_decay=0.0)
-        amp = settings.amp and dist.device.type == "cuda"
-        self.amp = amp
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        # --amp: float16 + gradient scaling on CUDA, bfloat16 (no scaler) on a CPU (engine.speed)
+        self.amp = settings.amp
+        self.amp_dtype = autocast_dtype(dist.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=settings.amp and dist.device.type == "cuda")
         self.generator = torch.Generator().manual_seed(settings.seed)
         if settings.distill and not settings.sandwich:
             raise FaceNASError("in-place distillation (--distill) needs the sandwich rule (--sandwich): the largest "
@@ -247,7 +251,7 @@ class Searcher:
             self.net.set_paths(paths[0], "weights")
             out = train_step(self.model, batch, self.criterion, self.weight_opt, self.scaler,
                              device=self.dist.device, amp=self.amp, dist_info=self.dist, epoch=self.epoch,
-                             before_step=clear)
+                             before_step=clear, channels_last=self.s.channels_last)
             return out.losses
         return self._sandwich_step(batch, paths, clear)
 
@@ -256,12 +260,13 @@ class Searcher:
         """One optimizer step on the mean loss of several paths (largest first: the distillation teacher)."""
         images, targets = (t.to(self.dist.device, non_blocking=self.dist.device.type == "cuda") for t in batch)
         priors = self.detector.priors(tuple(images.shape[-2:]), images.device)
+        images = images_in_format(images, self.s.channels_last)
         self.weight_opt.zero_grad(set_to_none=True)
         teacher = None
         sums: dict[str, float] = {}
         for k, path in enumerate(paths):
             self.net.set_paths(path, "weights")
-            with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(device_type=images.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 predictions = self.model(images)
             losses = self.criterion(predictions, targets, priors)
             total = losses["total"]
@@ -295,7 +300,8 @@ class Searcher:
     def arch_step(self, batch: Any) -> dict[str, float]:
         self.net.set_paths(self._sample("arch"), "arch")
         images, targets = (t.to(self.dist.device) for t in batch)
-        losses = compute_loss(self.detector, images, targets, self.criterion, amp=self.amp)
+        losses = compute_loss(self.detector, images, targets, self.criterion, amp=self.amp,
+                              channels_last=self.s.channels_last)
         expected = expected_latency(self.net, self.costs, self.s.p1)
         lat_loss = latency_loss(expected, self.s.target, self.s.lam, self.s.loss_form)
         total = losses["total"] + lat_loss

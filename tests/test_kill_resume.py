@@ -97,7 +97,7 @@ def _assert_same(a: Any, b: Any, where: str = "") -> None:
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
     elif isinstance(a, dict):
-        skip = {"seconds", "out_dir", "images_per_s", "weight_steps_per_s"}
+        skip = {"seconds", "out_dir", "images_per_s", "steps_per_s", "weight_steps_per_s"}
         assert set(a) - skip == set(b) - skip, where
         for key in a:
             if key not in skip:

@@ -218,3 +218,18 @@ def test_search_weight_steps_leave_unsampled_candidates_bit_for_bit(tmp_path) ->
                 assert same, f"edge {e} candidate {i} moved although step 2 did not sample it"
                 untouched += 1
     assert moved_active > 0 and untouched > 0
+
+
+def test_gate_gradient_under_autocast_recomputes_candidates_in_the_same_precision() -> None:
+    """An architecture step under ``--amp``: backward runs outside the autocast region, so the recomputed
+    candidates must re-enter it (before the fix a bfloat16/float16 x met float32 weights and the step crashed)."""
+    edge = _toy_edge()
+    x = torch.randn(2, 8, 6, 6)
+    edge.set_path(1, range(4), "arch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = edge(x)
+    (gates_grad,) = torch.autograd.grad(y.float().sum(), [edge.gates])
+    with torch.no_grad():
+        expected = torch.stack([op(x).sum() for op in edge.ops])
+    assert torch.isfinite(gates_grad).all()
+    torch.testing.assert_close(gates_grad, expected, rtol=0.05, atol=0.5)
