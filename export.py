@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "R12_V3_HS the two are within a point, BENCHMARKS.md section I)")
     group.add_argument("--int8-keep-float", nargs="*", default=[], metavar="NODES",
                        help="nodes left in float: 'first' (the first convolution), 'heads' (class, box and landmark "
-                            "heads) or substrings of node names (default: none, everything quantized)")
+                            "heads), 'decode' (the prior decoding) or substrings of node names (default: none; a "
+                            "detector's prior decoding always stays in float: pixel coordinates on an 8-bit grid "
+                            "cost the small faces)")
     group.add_argument("--data-root", default=None,
                        help="dataset whose train/images calibrate INT8 (default: the built-in synthetic dataset)")
     group.add_argument("--int8-tolerance", type=float, default=0.1,
@@ -290,15 +292,18 @@ def quantize_and_check(args: argparse.Namespace, model, name: str, data: bytes, 
     # histogram calibrators (entropy, percentile) stack their activations: one input size for all images
     fixed = trace[2:] if args.static or args.calibration_method != "minmax" else None
     calibration = calibration_batches(args.data_root, args.calibration_images, fixed)
-    quant = quantization_settings(args.calibration_method, args.int8_keep_float, "training images",
+    # a detector's prior decoding always stays in float: boxes in input pixels on a per-tensor 8-bit grid move by
+    # several pixels, which cost R12_V3_HS 3.6 Hard AP points (BENCHMARKS.md section I); it is a few element-wise ops
+    keep_float = list(dict.fromkeys((["decode"] if args.what == "detector" else []) + list(args.int8_keep_float)))
+    quant = quantization_settings(args.calibration_method, keep_float, "training images",
                                   len(calibration))
     meta = {"facenas.precision": "int8", "facenas.quantization": json.dumps(quant, sort_keys=True)}
     op_types = CONV_OPS if settings is not None else None  # tensors after NMS vary in size: convolutions only
-    int8 = quantize_int8(data, calibration, args.calibration_method, args.int8_keep_float, meta, op_types)
+    int8 = quantize_int8(data, calibration, args.calibration_method, keep_float, meta, op_types)
     checked = int8 if settings is None else quantize_int8(
         export_onnx(model, args.what, trace, dynamic=not args.static, opset=args.opset, model_name=name),
-        calibration, args.calibration_method, args.int8_keep_float, op_types=op_types)
-    kept = ", ".join(args.int8_keep_float) or "nothing"
+        calibration, args.calibration_method, keep_float, op_types=op_types)
+    kept = ", ".join(keep_float) or "nothing"
     print(f"INT8: static QDQ, int8 per-channel weights, uint8 activations, {args.calibration_method} ranges from "
           f"{len(calibration)} training images; kept in float: {kept}; {len(int8) / 2**20:.1f} MiB")
     # real images the calibration did not see (random pixels lie outside every calibrated range)

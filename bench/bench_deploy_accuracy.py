@@ -5,9 +5,10 @@ For each ``train.py`` checkpoint: ``export.py`` writes the float32 ONNX detector
 training images) with each calibration method (minmax, entropy, percentile) and, when the best of them still drops
 by more than ``--max-drop`` points in a setting, that method with layers kept in float (``--int8-keep-float first``,
 ``heads``, ``first heads``); and the ncnn detector (``--format ncnn``). Every file is run over the val set by
-``evaluate.py`` (original image size, SPEC section 8 test settings). Accuracy only: timing these files belongs to
-``bench/bench_runtimes.py`` on a quiet machine. Each file and score is kept in ``--out`` and skipped when found, so
-the benchmark resumes.
+``evaluate.py`` (original image size, SPEC section 8 test settings). ``--sensitivity METHOD`` adds one INT8 export
+per part of the detector with only that part quantized, to find which layers cost the AP. Accuracy only: timing
+these files belongs to ``bench/bench_runtimes.py`` on a quiet machine. Each file and score is kept in ``--out`` and
+skipped when found, so the benchmark resumes.
 
     python bench/bench_deploy_accuracy.py --checkpoint mobile0.25=runs/m/last.pth \
         --checkpoint R12_V3_HS=runs/r/last.pth
@@ -62,6 +63,45 @@ def exported(args: argparse.Namespace, checkpoint: Path, target: Path, extra: li
     return target
 
 
+def node_groups(onnx_file: Path) -> dict[str, str]:
+    """Parts of an exported detector, each as the node-name substring that selects it: the backbone's stem, each
+    stage and its last conv, the FPN, each SSH context module, the heads (``deploy.quantize.float_node_names``)."""
+    import onnx
+
+    groups: dict[str, str] = {}
+    for node in onnx.load(str(onnx_file)).graph.node:
+        parts = node.name.strip("/").split("/")
+        if len(parts) < 3 or parts[0] != "detector":
+            continue  # shape constants outside any module
+        part, sub = parts[1], parts[2]
+        if part == "backbone":
+            name = "stem" if sub.startswith("stem") else sub
+            groups.setdefault(f"backbone {name}", f"/detector/backbone/{'stem' if name == 'stem' else name + '/'}")
+        elif part.endswith("_head.0") or part.endswith("_head.1") or part.endswith("_head.2"):
+            groups.setdefault("heads", "_head")
+        else:
+            groups.setdefault(part, f"/detector/{part}/")
+    return groups
+
+
+def sensitivity(args: argparse.Namespace, label: str, checkpoint: Path, folder: Path, method: str,
+                reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """Which part breaks INT8: one export per part with only that part quantized (the rest kept in float)."""
+    groups = node_groups(folder / "fp32.onnx")
+    rows = []
+    for name in groups:
+        others = [p for n, p in groups.items() if n != name]
+        tag = name.replace(" ", "_").replace(".", "")
+        path = exported(args, checkpoint, folder / f"int8_{method}_only_{tag}.onnx",
+                        ["--int8", "--calibration-method", method, "--int8-tolerance", "1", "--int8-keep-float",
+                         *others])
+        row = {"model": label, "variant": f"ORT int8, {method}, only {name} quantized",
+               **scored(f"ort_int8_{method}_only_{tag}", path, folder, args.threads, args.data_root)}
+        row["drop_vs_pytorch"] = {s: reference[s] - row[s] for s in SETTINGS}
+        rows.append(row)
+    return rows
+
+
 def study(args: argparse.Namespace, label: str, checkpoint: Path) -> list[dict[str, Any]]:
     folder = args.out / label
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,6 +131,8 @@ def study(args: argparse.Namespace, label: str, checkpoint: Path) -> list[dict[s
                                                                    args.data_root)})
     for row in rows:
         row["drop_vs_pytorch"] = {s: rows[0][s] - row[s] for s in SETTINGS}
+    if args.sensitivity:
+        rows += sensitivity(args, label, checkpoint, folder, args.sensitivity, rows[0])
     return rows
 
 
@@ -103,6 +145,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads of the export checks")
     parser.add_argument("--max-drop", type=float, default=1.0,
                         help="INT8 AP drop (points, any setting) above which layers are kept in float")
+    parser.add_argument("--sensitivity", choices=METHODS, default=None,
+                        help="also quantize one part of the detector at a time (backbone stem, each stage, FPN, "
+                             "each SSH module, heads) with this calibration method, the rest in float: which part "
+                             "costs the AP")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deploy_accuracy",
                         help="work folder")
     args = parser.parse_args()

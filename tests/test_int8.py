@@ -94,9 +94,19 @@ def test_export_int8_writes_a_checked_int8_detector_that_evaluates(tmp_path, tin
     detector = OnnxDetector(out, threads=1)
     assert detector.precision == "int8" and "int8 detector" in detector.description
     settings = json.loads(detector.metadata["facenas.quantization"])
-    assert settings["calibration_count"] == 3 and settings["keep_float"] == []
+    assert settings["calibration_count"] == 3 and settings["keep_float"] == ["decode"]
     found = detector.detect(image_like_input((1, 3, 64, 96)))
     assert len(found) == 1 and found[0]["boxes"].shape[1] == 4
+    # the network is quantized, its prior decoding is not: no decoding node's output is put on an 8-bit grid
+    graph = onnx.load(str(out)).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    decoding = {n.name for n in graph.node if "/detector/" not in n.name and n.op_type not in (
+        "Constant", "QuantizeLinear", "DequantizeLinear")}
+    quantized_from = [producers[n.input[0]].name for n in graph.node if n.op_type == "QuantizeLinear"
+                      and n.input[0] in producers]
+    assert decoding and quantized_from and not decoding & set(quantized_from)
+    network = [n for n in graph.node if "/detector/" in n.name and n.op_type == "Conv"]
+    assert network and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in network)
 
 
 def test_export_int8_with_nms_and_a_broken_quantization_is_refused(tmp_path, tiny_root, capsys):
