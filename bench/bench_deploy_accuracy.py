@@ -75,9 +75,10 @@ def node_groups(onnx_file: Path) -> dict[str, str]:
             continue  # shape constants outside any module
         part, sub = parts[1], parts[2]
         if part == "backbone":
-            name = "stem" if sub.startswith("stem") else sub
-            groups.setdefault(f"backbone {name}", f"/detector/backbone/{'stem' if name == 'stem' else name + '/'}")
-        elif part.endswith("_head.0") or part.endswith("_head.1") or part.endswith("_head.2"):
+            # the stem's nodes sit directly under backbone/ (stem_conv, stem_bn, ...), the stages in their folders
+            name, selector = ("stem", "stem") if sub.startswith("stem") else (sub, sub + "/")
+            groups.setdefault(f"backbone {name}", f"/detector/backbone/{selector}")
+        elif "_head." in part:
             groups.setdefault("heads", "_head")
         else:
             groups.setdefault(part, f"/detector/{part}/")

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,44 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def time_sessions(sessions: dict[str, object], feed: dict, rounds: int, samples: int, warmup: int) -> dict:
-    """Per graph the median over rounds of the round's minimum call time (ms), graphs interleaved every round."""
-    minima: dict[str, list[float]] = {name: [] for name in sessions}
-    for round_index in range(rounds):
-        order = list(sessions) if round_index % 2 == 0 else list(reversed(sessions))
-        for name in order:
-            session = sessions[name]
-            for _ in range(warmup):
-                session.run(None, feed)
-            calls = []
-            for _ in range(samples):
-                start = time.perf_counter()
-                session.run(None, feed)
-                calls.append((time.perf_counter() - start) * 1e3)
-            minima[name].append(min(calls))
-    return {name: statistics.median(values) for name, values in minima.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Export, quantize twice, time interleaved, write the report."""
     args = build_parser().parse_args(argv)
-    import numpy as np
-    import onnxruntime as ort
     import torch
 
     import models
     from deploy.calibration import calibration_batches
     from deploy.onnx_export import export_onnx
     from deploy.quantize import quantize_int8
-    from latency.measure import machine_meta
+    from latency.measure import machine_meta, measure_interleaved
+    from latency.runtimes import build_runtime_module
 
     torch.manual_seed(0)
     shape = (1, 3, args.size, args.size)
     calibration = calibration_batches(None, args.calibration_images, shape[2:])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    feed_input = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     rows = []
     for name in args.models:
         detector = models.build_detector(name).eval()
@@ -87,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         graphs = {"fp32": data,
                   "int8, all quantized": quantize_int8(data, calibration, args.method, []),
                   "int8, decode in float": quantize_int8(data, calibration, args.method, ["decode"])}
-        sessions = {label: ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-                    for label, blob in graphs.items()}
-        feed = {sessions["fp32"].get_inputs()[0].name: feed_input}
-        times = time_sessions(sessions, feed, args.rounds, args.samples, args.warmup)
+        # the sessions and the interleaved protocol of the latency tables (ONNX Runtime, estimator min)
+        sessions = {label: build_runtime_module(blob, "onnxruntime", args.threads) for label, blob in graphs.items()}
+        measured = measure_interleaved(sessions, shape, args.rounds, estimator="min", device="cpu",
+                                       warmup=args.warmup, samples=args.samples, threads=args.threads)
+        times = {label: result["measured_ms"] for label, result in measured.items()}
         rows.append({"model": name, **{label: round(ms, 4) for label, ms in times.items()},
                      "decode_cost_pct": round(100 * (times["int8, decode in float"] / times["int8, all quantized"]
                                                      - 1), 2)})
